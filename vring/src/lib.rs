@@ -1,0 +1,3 @@
+//! Split and packed virtqueues, device and driver side.
+#![deny(missing_docs)]
+#![deny(clippy::indexing_slicing)]
