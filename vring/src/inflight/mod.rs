@@ -1,0 +1,1 @@
+//! Inflight I/O tracking (vhost-user spec §7.12).

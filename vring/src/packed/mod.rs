@@ -1,0 +1,1 @@
+//! Packed virtqueues (virtqueue spec §3).

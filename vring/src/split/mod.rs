@@ -1,0 +1,1 @@
+//! Split virtqueues (virtqueue spec §2).
