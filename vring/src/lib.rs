@@ -25,6 +25,8 @@
 pub mod chain;
 pub mod desc;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod inflight;
 pub mod log;
 pub mod memory;
