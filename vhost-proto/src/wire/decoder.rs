@@ -1,0 +1,567 @@
+//! The incremental decoder: bytes and fd handles in, typed messages out.
+//!
+//! httparse-style: an incomplete message is a state ([`Ok(None)`](Decoder::decode)), not an
+//! error. The header's `size` is checked against the request's limit before any body byte
+//! is buffered, and one body buffer (at most [`MAX_PAYLOAD_SIZE`] bytes) is reused.
+
+use core::fmt::Debug;
+use core::mem;
+
+use zerocopy::FromBytes;
+
+use super::backend_request::BackendRequest;
+use super::codes::{BackendReq, FrontendReq, ReqCode};
+use super::context::DecodeContext;
+use super::encode::Encoded;
+use super::error::{DecodeError, EncodeError};
+use super::header::{HEADER_SIZE, Header, HeaderFlags};
+use super::layout::MAX_PAYLOAD_SIZE;
+use super::reply::{BackendReply, FrontendReply};
+use super::request::FrontendRequest;
+use super::rules::{self, Limit};
+
+/// A message type one [`Decoder`] stream carries: front-end requests, back-end requests, or
+/// the replies to either. Implemented by [`FrontendRequest`], [`BackendRequest`],
+/// [`FrontendReply`] and [`BackendReply`]; the decoder is generic over it.
+pub trait WireMessage: Sized {
+    /// The fd handle type.
+    type Handle;
+    /// The request code type of the stream's code space.
+    type Code: Copy + Debug + Eq + Into<u32> + Into<ReqCode>;
+    /// Whether the stream carries replies (flags exactly `0x5`) rather than requests.
+    const IS_REPLY: bool;
+
+    /// The code for a raw header value, or `None` if unknown.
+    fn parse_code(raw: u32) -> Option<Self::Code>;
+    /// Payload size limit for `code` (spec §11).
+    fn size_limit(code: Self::Code, ctx: &DecodeContext) -> Limit;
+    /// Fd count limit for `code` (spec §5, §6).
+    fn fd_limit(code: Self::Code, ctx: &DecodeContext) -> Limit;
+    /// Decodes a complete payload whose header passed the checks above.
+    fn decode_payload(
+        code: Self::Code,
+        flags: HeaderFlags,
+        payload: &[u8],
+        fds: Vec<Self::Handle>,
+        ctx: &DecodeContext,
+    ) -> Result<Self, DecodeError>;
+    /// Encodes the message; `code` is the request answered (replies) and is ignored for
+    /// requests, which know their code; `need_reply` is ignored for replies.
+    fn encode_message(
+        self,
+        code: Self::Code,
+        need_reply: bool,
+        ctx: &DecodeContext,
+    ) -> Result<Encoded<Self::Handle>, EncodeError>;
+}
+
+impl<H> WireMessage for FrontendRequest<H> {
+    type Handle = H;
+    type Code = FrontendReq;
+    const IS_REPLY: bool = false;
+
+    fn parse_code(raw: u32) -> Option<FrontendReq> {
+        FrontendReq::try_from(raw).ok()
+    }
+    fn size_limit(code: FrontendReq, ctx: &DecodeContext) -> Limit {
+        rules::frontend_request_size(code, ctx)
+    }
+    fn fd_limit(code: FrontendReq, ctx: &DecodeContext) -> Limit {
+        rules::frontend_request_fds(code, ctx)
+    }
+    fn decode_payload(
+        code: FrontendReq,
+        flags: HeaderFlags,
+        payload: &[u8],
+        fds: Vec<H>,
+        ctx: &DecodeContext,
+    ) -> Result<Self, DecodeError> {
+        Self::decode(code, flags, payload, fds, ctx)
+    }
+    fn encode_message(
+        self,
+        _: FrontendReq,
+        need_reply: bool,
+        ctx: &DecodeContext,
+    ) -> Result<Encoded<H>, EncodeError> {
+        self.encode(need_reply, ctx)
+    }
+}
+
+impl<H> WireMessage for BackendRequest<H> {
+    type Handle = H;
+    type Code = BackendReq;
+    const IS_REPLY: bool = false;
+
+    fn parse_code(raw: u32) -> Option<BackendReq> {
+        BackendReq::try_from(raw).ok()
+    }
+    fn size_limit(code: BackendReq, _: &DecodeContext) -> Limit {
+        rules::backend_request_size(code)
+    }
+    fn fd_limit(code: BackendReq, _: &DecodeContext) -> Limit {
+        rules::backend_request_fds(code)
+    }
+    fn decode_payload(
+        code: BackendReq,
+        flags: HeaderFlags,
+        payload: &[u8],
+        fds: Vec<H>,
+        ctx: &DecodeContext,
+    ) -> Result<Self, DecodeError> {
+        Self::decode(code, flags, payload, fds, ctx)
+    }
+    fn encode_message(
+        self,
+        _: BackendReq,
+        need_reply: bool,
+        ctx: &DecodeContext,
+    ) -> Result<Encoded<H>, EncodeError> {
+        self.encode(need_reply, ctx)
+    }
+}
+
+impl<H> WireMessage for FrontendReply<H> {
+    type Handle = H;
+    type Code = FrontendReq;
+    const IS_REPLY: bool = true;
+
+    fn parse_code(raw: u32) -> Option<FrontendReq> {
+        FrontendReq::try_from(raw).ok()
+    }
+    fn size_limit(code: FrontendReq, ctx: &DecodeContext) -> Limit {
+        rules::frontend_reply_size(code, ctx)
+    }
+    fn fd_limit(code: FrontendReq, _: &DecodeContext) -> Limit {
+        rules::frontend_reply_fds(code)
+    }
+    fn decode_payload(
+        code: FrontendReq,
+        _: HeaderFlags,
+        payload: &[u8],
+        fds: Vec<H>,
+        ctx: &DecodeContext,
+    ) -> Result<Self, DecodeError> {
+        Self::decode(code, payload, fds, ctx)
+    }
+    fn encode_message(
+        self,
+        code: FrontendReq,
+        _: bool,
+        ctx: &DecodeContext,
+    ) -> Result<Encoded<H>, EncodeError> {
+        self.encode(code, ctx)
+    }
+}
+
+impl<H> WireMessage for BackendReply<H> {
+    type Handle = H;
+    type Code = BackendReq;
+    const IS_REPLY: bool = true;
+
+    fn parse_code(raw: u32) -> Option<BackendReq> {
+        BackendReq::try_from(raw).ok()
+    }
+    fn size_limit(code: BackendReq, _: &DecodeContext) -> Limit {
+        rules::backend_reply_size(code)
+    }
+    fn fd_limit(code: BackendReq, _: &DecodeContext) -> Limit {
+        rules::backend_reply_fds(code)
+    }
+    fn decode_payload(
+        code: BackendReq,
+        _: HeaderFlags,
+        payload: &[u8],
+        fds: Vec<H>,
+        ctx: &DecodeContext,
+    ) -> Result<Self, DecodeError> {
+        Self::decode(code, payload, fds, ctx)
+    }
+    fn encode_message(
+        self,
+        code: BackendReq,
+        _: bool,
+        ctx: &DecodeContext,
+    ) -> Result<Encoded<H>, EncodeError> {
+        self.encode(code, ctx)
+    }
+}
+
+/// One chunk of input: the bytes of one `recvmsg` and the fd handles that came with them.
+///
+/// The fds belong to the first message whose header **begins** in these bytes (spec §1).
+/// Keep calling [`Decoder::decode`] with the same `Input` until it returns `Ok(None)`.
+#[derive(Debug)]
+pub struct Input<'a, H> {
+    bytes: &'a [u8],
+    fds: Vec<H>,
+}
+
+impl<'a, H> Input<'a, H> {
+    /// A chunk of `bytes` received together with `fds`.
+    pub fn new(bytes: &'a [u8], fds: Vec<H>) -> Self {
+        Input { bytes, fds }
+    }
+
+    /// The bytes not consumed yet.
+    pub fn remaining(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Whether all bytes were consumed and all fds assigned.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.fds.is_empty()
+    }
+
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let n = n.min(self.bytes.len());
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        head
+    }
+}
+
+/// A decoded message with the header fields a session needs (NEED_REPLY to ack).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Received<M: WireMessage> {
+    /// The header's request code (for a reply: the request it answers).
+    pub code: M::Code,
+    /// The header's flags.
+    pub flags: HeaderFlags,
+    /// The typed message with its handles.
+    pub message: M,
+}
+
+impl<M: WireMessage> Received<M> {
+    /// Whether the sender set NEED_REPLY (spec §2, §7.4).
+    pub fn need_reply(&self) -> bool {
+        self.flags.need_reply()
+    }
+}
+
+#[derive(Debug)]
+enum State<C> {
+    /// Collecting the 12 header bytes.
+    Header,
+    /// Collecting the body of a known request.
+    Body {
+        code: C,
+        flags: HeaderFlags,
+        size: usize,
+    },
+    /// Skipping the body of a request with an unknown code (spec §9).
+    Skip {
+        code: u32,
+        need_reply: bool,
+        size: u32,
+        left: usize,
+    },
+    /// A fatal error happened; nothing more is decoded.
+    Poisoned,
+}
+
+/// The incremental decoder of one byte stream; the stream kind is the type parameter `M`
+/// (see the aliases [`FrontendRequestDecoder`], [`BackendRequestDecoder`],
+/// [`FrontendReplyDecoder`], [`BackendReplyDecoder`]).
+///
+/// Any split of the stream works, down to one byte at a time. After a fatal error
+/// ([`DecodeError::is_fatal`]) the decoder is poisoned and the connection must close; after
+/// a rejected message the decoder continues with the next one.
+///
+/// ```
+/// use vhost_proto::wire::{
+///     DecodeContext, FrontendRequest, FrontendRequestDecoder, Input, VirtioFeatures,
+/// };
+///
+/// let ctx = DecodeContext::default();
+/// // A SET_VRING_KICK with fd handle 7, then GET_FEATURES, as bytes + handles.
+/// let kick = FrontendRequest::SetVringKick { index: 1, fd: Some(7) }.encode(false, &ctx).unwrap();
+/// let get = FrontendRequest::<i32>::GetFeatures.encode(true, &ctx).unwrap();
+/// let mut stream = kick.bytes.clone();
+/// stream.extend_from_slice(&get.bytes);
+///
+/// let mut decoder = FrontendRequestDecoder::<i32>::new(ctx);
+/// let mut out = Vec::new();
+/// // Feed it in two reads: the first 5 bytes carry the fd (the kick's header begins there).
+/// let (a, b) = stream.split_at(5);
+/// for (bytes, fds) in [(a, kick.fds), (b, vec![])] {
+///     let mut input = Input::new(bytes, fds);
+///     while let Some(msg) = decoder.decode(&mut input).unwrap() {
+///         out.push(msg);
+///     }
+/// }
+/// assert_eq!(out[0].message, FrontendRequest::SetVringKick { index: 1, fd: Some(7) });
+/// assert_eq!(out[1].message, FrontendRequest::GetFeatures);
+/// assert!(out[1].need_reply());
+/// # let _ = VirtioFeatures::empty();
+/// ```
+#[derive(Debug)]
+pub struct Decoder<M: WireMessage> {
+    ctx: DecodeContext,
+    state: State<M::Code>,
+    header: [u8; HEADER_SIZE],
+    header_len: usize,
+    body: Vec<u8>,
+    fds: Vec<M::Handle>,
+}
+
+/// Decoder of front-end requests: the back-end's main socket.
+pub type FrontendRequestDecoder<H> = Decoder<FrontendRequest<H>>;
+/// Decoder of back-end requests: the front-end's back-end channel.
+pub type BackendRequestDecoder<H> = Decoder<BackendRequest<H>>;
+/// Decoder of the back-end's replies: the front-end's main socket.
+pub type FrontendReplyDecoder<H> = Decoder<FrontendReply<H>>;
+/// Decoder of the front-end's replies: the back-end's side of the back-end channel.
+pub type BackendReplyDecoder<H> = Decoder<BackendReply<H>>;
+
+impl<M: WireMessage> Decoder<M> {
+    /// A decoder at the start of a stream, using `ctx` for negotiated layouts.
+    pub fn new(ctx: DecodeContext) -> Self {
+        Decoder {
+            ctx,
+            state: State::Header,
+            header: [0; HEADER_SIZE],
+            header_len: 0,
+            body: Vec::new(),
+            fds: Vec::new(),
+        }
+    }
+
+    /// The context in use.
+    pub fn context(&self) -> DecodeContext {
+        self.ctx
+    }
+
+    /// Replaces the context (after features are acked, postcopy starts or ends). It applies
+    /// to every header completed from now on.
+    pub fn set_context(&mut self, ctx: DecodeContext) {
+        self.ctx = ctx;
+    }
+
+    /// Whether a fatal error poisoned the decoder.
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self.state, State::Poisoned)
+    }
+
+    /// Whether the decoder sits between messages (no partial message buffered); an EOF
+    /// elsewhere means the peer closed mid-message.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Header) && self.header_len == 0
+    }
+
+    /// Capacity of the body buffer; never above [`MAX_PAYLOAD_SIZE`].
+    pub fn buffered_capacity(&self) -> usize {
+        self.body.capacity()
+    }
+
+    fn poison(&mut self, e: DecodeError) -> DecodeError {
+        self.state = State::Poisoned;
+        self.body = Vec::new();
+        self.fds = Vec::new();
+        self.header_len = 0;
+        e
+    }
+
+    fn reset(&mut self) {
+        self.state = State::Header;
+        self.header_len = 0;
+        self.body.clear();
+    }
+
+    /// Consumes bytes from `input` until one message is complete (`Ok(Some)`), the input is
+    /// exhausted (`Ok(None)`), or an error occurs. Call it again with the same input until
+    /// `Ok(None)`: one chunk may hold several messages.
+    ///
+    /// Errors: fatal ones poison the decoder (every later call returns
+    /// [`DecodeError::Poisoned`]); rejected ones consumed exactly one message and dropped its
+    /// fds, and decoding continues with the next call.
+    pub fn decode(
+        &mut self,
+        input: &mut Input<'_, M::Handle>,
+    ) -> Result<Option<Received<M>>, DecodeError> {
+        loop {
+            if let State::Poisoned = self.state {
+                input.bytes = &[];
+                input.fds.clear();
+                return Err(DecodeError::Poisoned);
+            }
+            if input.bytes.is_empty() {
+                if !input.fds.is_empty() {
+                    let count = mem::take(&mut input.fds).len();
+                    return Err(self.poison(DecodeError::FdsWithoutHeader { count }));
+                }
+                return Ok(None);
+            }
+            match self.state {
+                State::Poisoned => {}
+                State::Header => {
+                    if self.header_len == 0 {
+                        // This chunk's fds belong to the message whose header begins here.
+                        self.fds = mem::take(&mut input.fds);
+                    }
+                    let want = HEADER_SIZE.saturating_sub(self.header_len);
+                    let got = input.take(want);
+                    if let Some(dst) = self
+                        .header
+                        .get_mut(self.header_len..self.header_len + got.len())
+                    {
+                        dst.copy_from_slice(got);
+                    }
+                    self.header_len += got.len();
+                    if self.header_len == HEADER_SIZE
+                        && let Some(done) = self.on_header()?
+                    {
+                        return Ok(Some(done));
+                    }
+                }
+                State::Body { size, .. } => {
+                    let got = input.take(size.saturating_sub(self.body.len()));
+                    self.body.extend_from_slice(got);
+                    if self.body.len() == size {
+                        return self.finish().map(Some);
+                    }
+                }
+                State::Skip {
+                    code,
+                    need_reply,
+                    size,
+                    left,
+                } => {
+                    let got = input.take(left).len();
+                    let left = left - got;
+                    if left == 0 {
+                        self.reset();
+                        return Err(DecodeError::UnknownRequest {
+                            code,
+                            need_reply,
+                            size,
+                        });
+                    }
+                    self.state = State::Skip {
+                        code,
+                        need_reply,
+                        size,
+                        left,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Checks a complete header; moves to the body, or completes an empty message.
+    fn on_header(&mut self) -> Result<Option<Received<M>>, DecodeError> {
+        let h = Header::read_from_bytes(&self.header).unwrap_or_default();
+        let flags = h.header_flags();
+        let code = h.request;
+        if flags.version() != 1 {
+            return Err(self.poison(DecodeError::BadVersion {
+                code,
+                flags: h.flags,
+                version: flags.version(),
+            }));
+        }
+        if flags.reserved() != 0 {
+            return Err(self.poison(DecodeError::ReservedFlags {
+                code,
+                flags: h.flags,
+            }));
+        }
+        if M::IS_REPLY {
+            if flags != HeaderFlags::reply() {
+                return Err(self.poison(DecodeError::BadReplyFlags {
+                    code,
+                    flags: h.flags,
+                }));
+            }
+        } else if flags.is_reply() {
+            return Err(self.poison(DecodeError::ReplyFlagOnRequest {
+                code,
+                flags: h.flags,
+            }));
+        }
+        if h.size as usize > MAX_PAYLOAD_SIZE {
+            return Err(self.poison(DecodeError::PayloadTooLarge {
+                code,
+                size: h.size,
+                max: MAX_PAYLOAD_SIZE as u32,
+            }));
+        }
+        let size = h.size as usize;
+        let Some(c) = M::parse_code(code) else {
+            if M::IS_REPLY {
+                return Err(self.poison(DecodeError::UnknownReply { code }));
+            }
+            // Spec §9: the size is known and bounded, so skip the body and let the session NACK.
+            self.fds.clear();
+            let need_reply = flags.need_reply();
+            if size == 0 {
+                self.reset();
+                return Err(DecodeError::UnknownRequest {
+                    code,
+                    need_reply,
+                    size: 0,
+                });
+            }
+            self.state = State::Skip {
+                code,
+                need_reply,
+                size: h.size,
+                left: size,
+            };
+            return Ok(None);
+        };
+        let limit = M::size_limit(c, &self.ctx);
+        if !limit.allows(size) {
+            return Err(self.poison(DecodeError::PayloadSize {
+                request: c.into(),
+                reply: M::IS_REPLY,
+                size: h.size,
+                min: limit.min as u32,
+                max: limit.max as u32,
+            }));
+        }
+        let fd_limit = M::fd_limit(c, &self.ctx);
+        if !fd_limit.allows(self.fds.len()) {
+            let got = self.fds.len();
+            return Err(self.poison(DecodeError::FdCount {
+                request: c.into(),
+                reply: M::IS_REPLY,
+                got,
+                min: fd_limit.min,
+                max: fd_limit.max,
+            }));
+        }
+        self.body.clear();
+        if self.body.capacity() < size {
+            self.body = Vec::with_capacity(size);
+        }
+        self.state = State::Body {
+            code: c,
+            flags,
+            size,
+        };
+        if size == 0 {
+            return self.finish().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Decodes a complete body.
+    fn finish(&mut self) -> Result<Received<M>, DecodeError> {
+        let State::Body { code, flags, .. } = self.state else {
+            return Err(self.poison(DecodeError::Poisoned));
+        };
+        let fds = mem::take(&mut self.fds);
+        let result = M::decode_payload(code, flags, &self.body, fds, &self.ctx);
+        self.reset();
+        match result {
+            Ok(message) => Ok(Received {
+                code,
+                flags,
+                message,
+            }),
+            Err(e) if e.is_fatal() => Err(self.poison(e)),
+            Err(e) => Err(e),
+        }
+    }
+}
