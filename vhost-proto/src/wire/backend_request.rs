@@ -12,7 +12,7 @@ use super::request::{make_vring_index_word, vring_index_word};
 use super::types::{IotlbMsg, ShmemMap, Uuid, check_range};
 
 /// A request the back-end sends on the back-end channel (spec §6), with its fd handles.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BackendRequest<H> {
     /// BACKEND_IOTLB_MSG (1): a miss or an access failure.

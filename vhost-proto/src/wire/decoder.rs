@@ -222,7 +222,7 @@ impl<'a, H> Input<'a, H> {
 }
 
 /// A decoded message with the header fields a session needs (NEED_REPLY to ack).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Received<M: WireMessage> {
     /// The header's request code (for a reply: the request it answers).
     pub code: M::Code,

@@ -21,7 +21,7 @@ use super::request::{read_config, read_mem_table, read_single_region, write_conf
 use super::types::{CryptoSession, InflightDesc, MemoryRegion, ShmemConfig, Uuid, VringBase};
 
 /// The back-end's reply to a front-end request (spec §5), with its fd handles.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FrontendReply<H> {
     /// A u64: the REPLY_ACK ack (0 = success) of any request, or the value of GET_FEATURES,
@@ -362,7 +362,7 @@ impl<H> FrontendReply<H> {
 }
 
 /// The front-end's reply to a back-end request (spec §6), with its fd handles.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BackendReply<H> {
     /// The u64 ack (0 = success; QEMU sends 1 on failure).

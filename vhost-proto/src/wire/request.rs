@@ -24,7 +24,7 @@ use super::types::{
 
 /// A request the front-end sends on the main socket (spec §5), decoded with its fd handles
 /// of type `H`. Handles are owned: dropping the message drops (closes) them.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FrontendRequest<H> {
     /// GET_FEATURES (1): read the virtio features.

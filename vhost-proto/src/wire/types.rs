@@ -197,7 +197,7 @@ pub(crate) fn check_range(
 }
 
 /// A memory region with the fd that backs it (SET_MEM_TABLE, ADD_MEM_REG).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegionFd<H> {
     /// The region.
     pub region: MemoryRegion,
