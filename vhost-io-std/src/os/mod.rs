@@ -1,0 +1,21 @@
+//! Operating-system helpers shared by the IO crates.
+//!
+//! Everything here goes through `rustix`'s safe wrappers; the only `unsafe`
+//! code is in [`mmap`] (creating and unmapping a shared mapping), each block
+//! with its `SAFETY` argument.
+//!
+//! - [`socket`]: `sendmsg`/`recvmsg` with SCM_RIGHTS, for blocking and
+//!   non-blocking sockets.
+//! - [`eventfd`]: the kick/call/err notifier (an eventfd, or a pipe).
+//! - [`memfd`]: anonymous shared files (guest memory in tests, the inflight
+//!   buffer).
+//! - [`mmap`]: mapping memory regions (through vm-memory) and other shared
+//!   ranges (inflight buffer, dirty log).
+
+pub mod eventfd;
+pub mod memfd;
+pub mod mmap;
+pub mod socket;
+
+#[cfg(test)]
+pub(crate) mod test_util;
