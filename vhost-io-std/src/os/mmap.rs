@@ -97,6 +97,14 @@ impl RegionLayout {
     }
 }
 
+fn overflow_err(layout: &RegionLayout) -> OsError {
+    OsError::SizeOverflow {
+        what: "guest region",
+        offset: layout.guest_phys_addr,
+        size: layout.memory_size,
+    }
+}
+
 /// One guest memory region mapped into this process (shared, read/write)
 /// through vm-memory's mmap backend.
 ///
@@ -131,16 +139,8 @@ impl MappedRegion {
                 align: page,
             });
         }
-        let overflow = OsError::SizeOverflow {
-            what: WHAT,
-            offset: layout.guest_phys_addr,
-            size: layout.memory_size,
-        };
-        let size = usize::try_from(layout.memory_size).map_err(|_| OsError::SizeOverflow {
-            what: WHAT,
-            offset: layout.guest_phys_addr,
-            size: layout.memory_size,
-        })?;
+        // Fits: `check_file_range` checked the size against usize.
+        let size = usize::try_from(layout.memory_size).map_err(|_| overflow_err(&layout))?;
         let file_offset = FileOffset::new(File::from(fd), layout.mmap_offset);
         let mapping = MmapRegion::from_file(file_offset, size).map_err(|source| {
             OsError::RegionMapFailed {
@@ -150,8 +150,8 @@ impl MappedRegion {
                 source,
             }
         })?;
-        let region =
-            GuestRegionMmap::new(mapping, GuestAddress(layout.guest_phys_addr)).ok_or(overflow)?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(layout.guest_phys_addr))
+            .ok_or_else(|| overflow_err(&layout))?;
         Ok(MappedRegion {
             layout,
             region: Arc::new(region),
