@@ -379,6 +379,20 @@ impl<M: WireMessage> Decoder<M> {
         &mut self,
         input: &mut Input<'_, M::Handle>,
     ) -> Result<Option<Received<M>>, DecodeError> {
+        let result = self.decode_inner(input);
+        if input.bytes.is_empty() && !input.fds.is_empty() && !self.is_poisoned() {
+            // The chunk is used up and no header began after its fds' turn: report it now,
+            // in the call that consumed the chunk (a message completed here is dropped).
+            let count = mem::take(&mut input.fds).len();
+            return Err(self.poison(DecodeError::FdsWithoutHeader { count }));
+        }
+        result
+    }
+
+    fn decode_inner(
+        &mut self,
+        input: &mut Input<'_, M::Handle>,
+    ) -> Result<Option<Received<M>>, DecodeError> {
         loop {
             if let State::Poisoned = self.state {
                 input.bytes = &[];
