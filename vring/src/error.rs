@@ -165,6 +165,9 @@ pub enum Error {
         /// Bytes asked for.
         needed: u64,
     },
+    /// A driver asked to add a buffer with no elements.
+    #[error("a buffer needs at least one element")]
+    EmptyBuffer,
     /// The driver has no free descriptors for the buffer it wants to add.
     #[error("ring full: {needed} descriptors needed, {free} free")]
     RingFull {

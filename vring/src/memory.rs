@@ -24,7 +24,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use crate::Error;
 
@@ -379,6 +379,8 @@ impl RawArea {
 
     atomic_access!(load_u16, store_u16, u16, AtomicU16);
     atomic_access!(load_u32, store_u32, u32, AtomicU32);
+    atomic_access!(load_u8, store_u8, u8, AtomicU8);
+    atomic_access!(load_u64, store_u64, u64, AtomicU64);
 
     /// Atomically ORs `bits` into the byte at `offset` (dirty log bitmaps).
     pub(crate) fn fetch_or_u8(&self, offset: usize, bits: u8, order: Ordering) -> Option<()> {
@@ -491,6 +493,29 @@ impl SharedRegion {
 
     pub(crate) fn area(&self) -> &RawArea {
         &self.area
+    }
+
+    /// The part `[offset, offset + len)` of this region, sharing its owner
+    /// (e.g. one queue's part of the inflight buffer). `offset` must be a
+    /// multiple of 8 so that the part keeps the region's alignment.
+    pub fn subregion(&self, offset: usize, len: usize) -> Result<SharedRegion, Error> {
+        let bad = Error::OutOfBounds {
+            addr: 0,
+            len: self.area.len as u64,
+            offset: offset as u64,
+            access: len as u64,
+        };
+        match offset.checked_add(len) {
+            Some(end) if end <= self.area.len && offset.is_multiple_of(8) => {}
+            _ => return Err(bad),
+        }
+        // SAFETY: offset + len <= the area's length (checked above), so the
+        // pointer stays inside (or one past the end of) the mapping.
+        let ptr = unsafe { NonNull::new_unchecked(self.area.ptr.as_ptr().add(offset)) };
+        Ok(SharedRegion {
+            area: RawArea { ptr, len },
+            _owner: Arc::clone(&self._owner),
+        })
     }
 }
 
