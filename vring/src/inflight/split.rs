@@ -224,3 +224,203 @@ impl SplitInflight {
 fn entry(head: u16) -> usize {
     DESC + DESC_SIZE * usize::from(head)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inflight::{RingLayout, queue_region, queue_region_size};
+    use crate::memory::BufferMemory;
+    use crate::split::{AvailChain, DeviceQueue, DriverQueue};
+    use crate::{QueueConfig, RingFeatures, RingPosition};
+
+    const Q: u16 = 8;
+
+    fn config() -> QueueConfig {
+        QueueConfig {
+            size: Q,
+            desc_table: 0,
+            driver_area: 0x1000,
+            device_area: 0x2000,
+            features: RingFeatures::default(),
+        }
+    }
+
+    fn used_idx(mem: &BufferMemory) -> u16 {
+        let mut b = [0u8; 2];
+        mem.read(0x2002, &mut b).unwrap();
+        u16::from_le_bytes(b)
+    }
+
+    /// A new back-end process: builds a queue on the same memory (QEMU
+    /// passes used->idx as the base after a crash), attaches the region,
+    /// recovers.
+    fn restart<'m>(
+        mem: &'m BufferMemory,
+        region: &SharedRegion,
+    ) -> (DeviceQueue<&'m BufferMemory>, Vec<u16>) {
+        let pos = RingPosition {
+            next_avail: used_idx(mem),
+            ..RingPosition::default()
+        };
+        let mut q = DeviceQueue::new(mem, &config(), pos).unwrap();
+        q.set_inflight(Some(region.clone())).unwrap();
+        let chains = q.recover_inflight().unwrap();
+        (q, chains.iter().map(AvailChain::id).collect())
+    }
+
+    /// Four one-descriptor buffers offered (heads 0..4), and an empty region.
+    fn setup() -> (SharedRegion, DriverQueue<&'static BufferMemory>) {
+        let mem: &'static BufferMemory = Box::leak(Box::new(BufferMemory::new(0, 0x10000)));
+        let region = SharedRegion::zeroed(queue_region_size(RingLayout::Split, Q));
+        let mut drv = DriverQueue::new(mem, &config()).unwrap();
+        for i in 0..4u64 {
+            drv.add(&[(0x8000 + i * 0x100, 16)], &[]).unwrap();
+        }
+        drv.publish();
+        (region, drv)
+    }
+
+    #[test]
+    fn a_crash_at_every_store_of_a_batch_completion_loses_nothing() {
+        // Completion of {2, 0} as one batch: 2 × (used element, next,
+        // last_batch_head) + used idx + 2 flag clears + used_idx = 10 stores.
+        for k in 0..=11u64 {
+            let (region, drv) = setup();
+            let mem = *drv.memory();
+            let mut q = DeviceQueue::new(mem, &config(), RingPosition::default()).unwrap();
+            q.set_inflight(Some(region.clone())).unwrap();
+            assert!(q.recover_inflight().unwrap().is_empty());
+            let c: Vec<_> = (0..4).map(|_| q.pop().unwrap().unwrap()).collect();
+            assert_eq!(q.inflight().unwrap().inflight_count(), 4);
+            q.crash_after(k);
+            q.add_used(&c[2], 0).unwrap();
+            q.add_used(&c[0], 0).unwrap();
+            q.publish_used();
+            drop(q);
+            let published = used_idx(mem) == 2;
+            assert_eq!(published, k >= 7, "k = {k}");
+            let (mut q2, heads) = restart(mem, &region);
+            let expected: &[u16] = if published { &[1, 3] } else { &[0, 1, 2, 3] };
+            assert_eq!(heads, expected, "crash after {k} stores");
+            // The new process resumes after everything that was popped.
+            assert_eq!(q2.position().next_avail, 4);
+            assert!(q2.pop().unwrap().is_none());
+            // Completing the resubmitted chains empties the region.
+            for &h in &heads {
+                q2.push(&AvailChain { head: h }, 0).unwrap();
+            }
+            assert_eq!(q2.inflight().unwrap().inflight_count(), 0);
+            let (_, again) = restart(mem, &region);
+            assert!(again.is_empty(), "k = {k}");
+        }
+    }
+
+    #[test]
+    fn a_crash_inside_pop_makes_the_chain_pop_again() {
+        for k in 0..=2u64 {
+            let (region, drv) = setup();
+            let mem = *drv.memory();
+            let mut q = DeviceQueue::new(mem, &config(), RingPosition::default()).unwrap();
+            q.set_inflight(Some(region.clone())).unwrap();
+            q.pop().unwrap().unwrap();
+            q.crash_after(k);
+            q.pop().unwrap().unwrap();
+            drop(q);
+            let (mut q2, heads) = restart(mem, &region);
+            if k < 2 {
+                // The flag never reached the region: head 1 is popped again.
+                assert_eq!(heads, [0]);
+                assert_eq!(q2.pop().unwrap().map(|c| c.id()), Some(1));
+            } else {
+                assert_eq!(heads, [0, 1]);
+                assert_eq!(q2.pop().unwrap().map(|c| c.id()), Some(2));
+            }
+        }
+    }
+
+    #[test]
+    fn resubmission_follows_submission_order_not_head_order() {
+        let (region, mut drv) = setup();
+        let mem = *drv.memory();
+        let mut q = DeviceQueue::new(mem, &config(), RingPosition::default()).unwrap();
+        q.set_inflight(Some(region.clone())).unwrap();
+        let c: Vec<_> = (0..4).map(|_| q.pop().unwrap().unwrap()).collect();
+        q.push(&c[0], 0).unwrap();
+        q.push(&c[1], 0).unwrap();
+        assert_eq!(drv.pop_used().unwrap().map(|u| u.0), Some(0));
+        assert_eq!(drv.pop_used().unwrap().map(|u| u.0), Some(1));
+        // Heads 0 and 1 come back (FIFO free list: 4 first, then 0).
+        for _ in 0..6 {
+            drv.add(&[(0x9000, 1)], &[]).unwrap();
+        }
+        drv.publish();
+        let later: Vec<_> = (0..6).map(|_| q.pop().unwrap().unwrap().id()).collect();
+        assert_eq!(later, [4, 5, 6, 7, 0, 1]);
+        drop(q);
+        let (q2, heads) = restart(mem, &region);
+        assert_eq!(heads, [2, 3, 4, 5, 6, 7, 0, 1]);
+        assert_eq!(q2.position().next_avail, 2 + 8);
+    }
+
+    #[test]
+    fn regions_are_validated() {
+        let mem = BufferMemory::new(0, 0x10000);
+        let mut q = DeviceQueue::new(&mem, &config(), RingPosition::default()).unwrap();
+        assert!(matches!(
+            q.recover_inflight(),
+            Err(Error::InvalidInflight { .. })
+        ));
+        let small = SharedRegion::zeroed(16 + 16 * 7);
+        assert!(matches!(
+            q.set_inflight(Some(small)),
+            Err(Error::InvalidInflight { .. })
+        ));
+        let r = SharedRegion::zeroed(queue_region_size(RingLayout::Split, 4));
+        SplitInflight::open(r.clone(), 4, 0).unwrap();
+        assert!(matches!(
+            q.set_inflight(Some(r)),
+            Err(Error::InvalidInflight {
+                reason: "desc_num smaller than the queue size"
+            })
+        ));
+        let r = SharedRegion::zeroed(64);
+        r.as_slice().write_at(8, &2u16.to_ne_bytes()).unwrap();
+        assert!(matches!(
+            q.set_inflight(Some(r)),
+            Err(Error::InvalidInflight {
+                reason: "unknown region version"
+            })
+        ));
+        // A region formatted for a larger queue is fine (GET_INFLIGHT_FD
+        // sizes for the maximum queue size).
+        let buf = SharedRegion::zeroed(2 * queue_region_size(RingLayout::Split, 16));
+        let part = queue_region(&buf, RingLayout::Split, 16, 1).unwrap();
+        SplitInflight::open(part.clone(), 16, 0).unwrap();
+        q.set_inflight(Some(part)).unwrap();
+        assert!(q.recover_inflight().unwrap().is_empty());
+    }
+
+    #[test]
+    fn garbage_regions_are_errors_not_panics() {
+        let mem = BufferMemory::new(0, 0x10000);
+        let mut q = DeviceQueue::new(&mem, &config(), RingPosition::default()).unwrap();
+        let r = SharedRegion::zeroed(queue_region_size(RingLayout::Split, Q));
+        let s = r.as_slice();
+        s.write_at(8, &1u16.to_ne_bytes()).unwrap(); // version
+        s.write_at(10, &Q.to_ne_bytes()).unwrap(); // desc_num
+        s.write_at(12, &500u16.to_ne_bytes()).unwrap(); // last_batch_head
+        s.write_at(14, &65535u16.to_ne_bytes()).unwrap(); // used_idx = used->idx - 1
+        q.set_inflight(Some(r.clone())).unwrap();
+        assert!(matches!(
+            q.recover_inflight(),
+            Err(Error::InvalidInflight {
+                reason: "batch list leaves the region"
+            })
+        ));
+        s.write_at(14, &100u16.to_ne_bytes()).unwrap();
+        assert!(matches!(
+            q.recover_inflight(),
+            Err(Error::InvalidInflight { .. })
+        ));
+    }
+}

@@ -378,6 +378,15 @@ impl<M: GuestMemory> DeviceQueue<M> {
         Ok(())
     }
 
+    /// Simulates the process dying after `stores` more stores to the used
+    /// ring or the inflight region (crash-consistency tests).
+    #[cfg(test)]
+    pub(crate) fn crash_after(&mut self, stores: u64) {
+        if let Some(t) = &mut self.inflight {
+            t.crash = crate::inflight::CrashPoint::after(stores);
+        }
+    }
+
     /// The attached inflight region, if any.
     pub fn inflight(&self) -> Option<&SplitInflight> {
         self.inflight.as_ref()
