@@ -18,6 +18,31 @@
 //! - [`wire::DecodeError::class`] separates *fatal* errors (close the connection) from
 //!   *rejected* messages (NACK if NEED_REPLY, continue).
 //!
+//! ## Streams and their decoders
+//!
+//! | socket, reader | decoder alias | yields |
+//! |---|---|---|
+//! | main socket, back-end | [`wire::FrontendRequestDecoder`] | [`wire::FrontendRequest`] |
+//! | main socket, front-end | [`wire::FrontendReplyDecoder`] | [`wire::FrontendReply`] (keyed by the header's code) |
+//! | back-end channel, front-end | [`wire::BackendRequestDecoder`] | [`wire::BackendRequest`] |
+//! | back-end channel, back-end | [`wire::BackendReplyDecoder`] | [`wire::BackendReply`] |
+//!
+//! Each decoded message comes as a [`wire::Received`] (`code`, `flags`, `message`;
+//! `need_reply()` tells whether to ack). Feed input as [`wire::Input`] (the bytes of one
+//! read plus its fds) and call `decode` until it returns `Ok(None)`.
+//!
+//! ## Error classes
+//!
+//! - **Fatal** (`DecodeError::is_fatal()`): bad version or reserved flag bits, REPLY on a
+//!   request or reply flags other than `0x5`, `size` over the cap or outside the request's
+//!   size rule, wrong fd count, fds without a header, unknown code in a reply. The decoder is
+//!   poisoned; close the connection.
+//! - **Rejected** (`DecodeError::class()` is `ErrorClass::Rejected { code, need_reply }`): a
+//!   well-framed request with an unknown code (body skipped; spec §9) or an invalid payload
+//!   (zero-size or overflowing region, too many regions, config size mismatch, reserved bits
+//!   in a vring index word, undefined values, ...). The message's fds were dropped; NACK it
+//!   when `need_reply` and keep decoding.
+//!
 //! Wire module layout: see [`wire`] (header, codes, layouts, flags, typed values, context,
 //! size/fd rules, requests, replies, decoder, encoder, errors).
 #![forbid(unsafe_code)]

@@ -8,7 +8,7 @@ use super::encode::{Encoded, Frame};
 use super::error::{DecodeError, EncodeError};
 use super::header::HeaderFlags;
 use super::layout::{IotlbMsgRaw, SharedObjectRaw, ShmemMmapRaw, VringAreaRaw, VringStateRaw};
-use super::request::{make_vring_index_word, vring_index_word};
+use super::payload::{make_vring_index_word, vring_index_word};
 use super::types::{IotlbMsg, ShmemMap, Uuid, check_range};
 
 /// A request the back-end sends on the back-end channel (spec §6), with its fd handles.

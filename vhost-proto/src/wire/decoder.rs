@@ -213,6 +213,13 @@ impl<'a, H> Input<'a, H> {
         self.bytes.is_empty() && self.fds.is_empty()
     }
 
+    /// Splits off the unconsumed rest: the bytes not decoded yet and the fds not yet assigned
+    /// to a message (they belong to the next header that begins in those bytes). A session
+    /// uses it to buffer input while it waits for an answer.
+    pub fn into_parts(self) -> (&'a [u8], Vec<H>) {
+        (self.bytes, self.fds)
+    }
+
     fn take(&mut self, n: usize) -> &'a [u8] {
         let n = n.min(self.bytes.len());
         let (head, tail) = self.bytes.split_at(n);

@@ -15,6 +15,7 @@
 //! | `types` | typed payload values ([`VringBase`], [`MemoryRegion`], [`IotlbMsg`], ...) |
 //! | `context` | [`DecodeContext`]: negotiated state that changes layouts |
 //! | `rules` | per-request payload size and fd count limits ([`Limit`], spec §11) |
+//! | `payload` | shared payload pieces: region tables, config payloads, vring index word |
 //! | `request` | [`FrontendRequest`] decode/encode |
 //! | `backend_request` | [`BackendRequest`] decode/encode |
 //! | `reply` | [`FrontendReply`], [`BackendReply`] decode/encode |
@@ -31,6 +32,7 @@ mod error;
 mod flags;
 mod header;
 pub mod layout;
+mod payload;
 mod reply;
 mod request;
 pub mod rules;

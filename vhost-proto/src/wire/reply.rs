@@ -17,7 +17,7 @@ use super::layout::{
     ShmemConfigRaw, SingleRegionHeaderRaw, U64Payload, VRING_IDX_MASK, VRING_NOFD_MASK,
     VringStateRaw,
 };
-use super::request::{read_config, read_mem_table, read_single_region, write_config, write_region};
+use super::payload::{read_config, read_mem_table, read_single_region, write_config, write_region};
 use super::types::{CryptoSession, InflightDesc, MemoryRegion, ShmemConfig, Uuid, VringBase};
 
 /// The back-end's reply to a front-end request (spec §5), with its fd handles.
@@ -274,7 +274,21 @@ impl<H> FrontendReply<H> {
         })
     }
 
-    /// Encodes this reply to `req` as one frame with flags exactly `0x5` (spec §2).
+    /// Encodes this reply to `req` as one frame with flags exactly `0x5` (spec §2); a reply
+    /// type that does not answer `req` is an [`EncodeError::ReplyMismatch`].
+    ///
+    /// ```
+    /// use vhost_proto::wire::{DecodeContext, FrontendReply, FrontendReq, VringBase};
+    ///
+    /// let ctx = DecodeContext::default();
+    /// let reply = FrontendReply::<i32>::VringBase { index: 0, base: VringBase::split(42) };
+    /// let out = reply.encode(FrontendReq::GetVringBase, &ctx).unwrap();
+    /// assert_eq!(out.header().flags, 0x5);
+    /// assert_eq!(out.header().size, 8);
+    /// // The same reply cannot answer GET_FEATURES.
+    /// let wrong = FrontendReply::<i32>::VringBase { index: 0, base: VringBase(0) };
+    /// assert!(wrong.encode(FrontendReq::GetFeatures, &ctx).is_err());
+    /// ```
     pub fn encode(self, req: FrontendReq, ctx: &DecodeContext) -> Result<Encoded<H>, EncodeError> {
         let sh = shape(req, ctx);
         let ok = matches!(
