@@ -149,6 +149,21 @@ pub enum Error {
         /// The queue size.
         size: u16,
     },
+    /// (Packed) A descriptor inside a NEXT-linked list is not available
+    /// although the list's head is: the driver publishes the head last, so
+    /// the list is malformed (virtqueue spec §3.4).
+    #[error("descriptor in slot {slot} of a packed list is not available")]
+    DescriptorNotAvailable {
+        /// The ring slot.
+        slot: u16,
+    },
+    /// (Packed) The device reused a buffer's ring slots for used descriptors
+    /// (it completed later buffers first) before the buffer was walked.
+    #[error("buffer {id} was overwritten in the ring before it was walked")]
+    ChainOverwritten {
+        /// The buffer id.
+        id: u16,
+    },
     /// A used element names a buffer the driver did not make available.
     #[error("used id {id} is not outstanding")]
     UnknownUsedId {

@@ -21,6 +21,7 @@
 //! assert_eq!(q1.len(), 4160);
 //! ```
 
+pub mod packed;
 pub mod split;
 
 use crate::Error;
