@@ -9,7 +9,7 @@ use crate::{Error, QueueConfig, RingFeatures};
 
 use super::layout::{
     Areas, DESC_FLAGS, EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE, EVENT_FLAGS_ENABLE, Pos, RawDesc,
-    avail_bits, is_used, should_notify, slot_offset,
+    avail_bits, is_used, should_notify, slot_offset, used_bits,
 };
 
 /// What the driver remembers about an outstanding buffer.
@@ -76,24 +76,39 @@ impl<M: GuestMemory> DriverQueue<M> {
     /// zeroes the descriptor ring, enables used-buffer notifications in the
     /// driver event area and sets the device event area to ENABLE.
     pub fn new(mem: M, config: &QueueConfig) -> Result<Self, Error> {
+        Self::new_at(mem, config, 0, true)
+    }
+
+    /// Like [`new`](Self::new) with both sides starting at ring slot `slot`
+    /// with wrap counter `wrap` (a ring resumed elsewhere; tests of the
+    /// wrap). The ring is filled so that no slot looks available or used at
+    /// that position: slots before `slot` as used on this lap, the others as
+    /// used on the previous lap.
+    pub fn new_at(mem: M, config: &QueueConfig, slot: u16, wrap: bool) -> Result<Self, Error> {
         let areas = Areas::new(&mem, config)?;
-        for slot in 0..config.size {
-            areas.ring.write_bytes(slot_offset(slot), [0u8; 16]);
+        let size = config.size;
+        if slot >= size {
+            return Err(Error::InvalidPosition {
+                reason: "packed ring slot beyond the queue size",
+            });
+        }
+        for s in 0..size {
+            let lap = if s < slot { wrap } else { !wrap };
+            let mut d = [0u8; 16];
+            if let Some(f) = d.get_mut(14..) {
+                f.copy_from_slice(&used_bits(lap).to_le_bytes());
+            }
+            areas.ring.write_bytes(slot_offset(s), d);
         }
         Areas::write_event(&areas.device_event, EVENT_FLAGS_ENABLE, Some(0));
         Areas::write_event(&areas.driver_event, EVENT_FLAGS_ENABLE, Some(0));
-        let size = config.size;
+        fence(Ordering::SeqCst);
+        let start = Pos { slot, wrap };
         Ok(DriverQueue {
             areas,
             config: *config,
-            avail: Pos {
-                slot: 0,
-                wrap: true,
-            },
-            used: Pos {
-                slot: 0,
-                wrap: true,
-            },
+            avail: start,
+            used: start,
             free_slots: size,
             free_ids: (0..size).rev().collect(),
             outstanding: vec![Outstanding::default(); usize::from(size)],
@@ -226,7 +241,9 @@ impl<M: GuestMemory> DriverQueue<M> {
 
     /// Adds a buffer as one INDIRECT ring descriptor: writes the table of
     /// `readable` then `writable` elements at `table_addr` in guest memory
-    /// (virtqueue spec §3.6); returns its Buffer ID.
+    /// (virtqueue spec §3.6); returns its Buffer ID. More elements than the
+    /// queue size is [`Error::ChainTooLong`]. More elements than the
+    /// queue size is [`Error::ChainTooLong`].
     pub fn add_indirect(
         &mut self,
         table_addr: u64,
@@ -236,6 +253,13 @@ impl<M: GuestMemory> DriverQueue<M> {
         let n = readable.len() + writable.len();
         if n == 0 {
             return Err(Error::EmptyBuffer);
+        }
+        // A buffer is never longer than the queue, indirect or not (the
+        // device refuses longer tables, virtqueue spec §2.3).
+        if n > usize::from(self.config.size) {
+            return Err(Error::ChainTooLong {
+                max: u32::from(self.config.size),
+            });
         }
         let table_len =
             u32::try_from(n * 16).map_err(|_| Error::IndirectLength { len: u32::MAX })?;
