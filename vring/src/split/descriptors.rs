@@ -2,6 +2,8 @@
 //! (virtqueue spec §2.2, §2.3), with every malformation a typed error
 //! (virtqueue spec §2.11).
 
+use std::sync::atomic::Ordering;
+
 use crate::Error;
 use crate::desc::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Descriptor};
 use crate::memory::{GuestMemory, GuestSlice, RawArea};
@@ -87,25 +89,37 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
     #[inline]
     fn read(&self, index: u16) -> Result<RawDesc, Error> {
         let offset = usize::from(index) * 16;
-        let bytes = match &self.indirect {
-            None => self
-                .table
-                .read_bytes::<16>(offset)
-                .ok_or(Error::OutOfBounds {
-                    addr: 0,
-                    len: self.table.len() as u64,
-                    offset: offset as u64,
-                    access: 16,
-                })?,
+        match &self.indirect {
+            None => {
+                // The ring's table is 16-byte aligned (checked at setup): two
+                // 8-byte loads, where a 16-byte volatile copy would be split
+                // into byte loads.
+                let t = &self.table;
+                let lo = t.load_u64(offset, Ordering::Relaxed);
+                let hi = t.load_u64(offset + 8, Ordering::Relaxed);
+                match (lo, hi) {
+                    (Some(addr), Some(hi)) => Ok(RawDesc {
+                        addr,
+                        len: hi as u32,
+                        flags: (hi >> 32) as u16,
+                        next: (hi >> 48) as u16,
+                    }),
+                    _ => Err(Error::OutOfBounds {
+                        addr: 0,
+                        len: t.len() as u64,
+                        offset: offset as u64,
+                        access: 16,
+                    }),
+                }
+            }
             Some(t) => {
                 let mut b = [0u8; 16];
                 // virtqueue spec §2.3: the table may be unaligned; this is a
                 // byte copy.
                 t.read_at(offset, &mut b)?;
-                b
+                Ok(RawDesc::from_bytes(b))
             }
-        };
-        Ok(RawDesc::from_bytes(bytes))
+        }
     }
 
     /// Switches to the indirect table `d` points at.
