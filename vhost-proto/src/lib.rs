@@ -51,5 +51,8 @@
 
 pub mod wire;
 
+pub mod backend;
+pub mod session;
+
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

@@ -203,7 +203,7 @@ pub struct Rejection {
 }
 
 /// An error after which the connection must be closed.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FatalError {
     /// The byte stream broke a framing rule (spec §2, §9, §11).
@@ -328,11 +328,22 @@ impl Error {
 impl Rejection {
     /// A rejection of a front-end request.
     pub(crate) fn frontend(req: FrontendReq, rule: Rule, replied: bool) -> Self {
-        Rejection { request: Some(req.into()), code: req.raw(), rule, replied }
+        Rejection {
+            request: Some(req.into()),
+            code: req.raw(),
+            rule,
+            replied,
+        }
     }
 
     /// A rejection of a back-end request.
+    #[allow(dead_code)]
     pub(crate) fn backend(req: BackendReq, rule: Rule, replied: bool) -> Self {
-        Rejection { request: Some(req.into()), code: req.raw(), rule, replied }
+        Rejection {
+            request: Some(req.into()),
+            code: req.raw(),
+            rule,
+            replied,
+        }
     }
 }

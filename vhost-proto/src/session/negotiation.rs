@@ -130,7 +130,10 @@ impl Negotiated {
 
     /// The decode context these features imply (postcopy as given).
     pub fn decode_context(&self, postcopy: bool) -> DecodeContext {
-        DecodeContext { postcopy, ..DecodeContext::from_protocol_features(self.protocol) }
+        DecodeContext {
+            postcopy,
+            ..DecodeContext::from_protocol_features(self.protocol)
+        }
     }
 
     /// Checks a gate against this state.
@@ -138,12 +141,16 @@ impl Negotiated {
         match gate {
             Gate::None => Ok(()),
             Gate::ProtocolFeaturesOffered
-                if self.offered_features.contains(VirtioFeatures::PROTOCOL_FEATURES) =>
+                if self
+                    .offered_features
+                    .contains(VirtioFeatures::PROTOCOL_FEATURES) =>
             {
                 Ok(())
             }
             Gate::ProtocolFeaturesOffered => Err(Rule::ProtocolFeaturesNotOffered),
-            Gate::ProtocolFeaturesAcked if self.features.contains(VirtioFeatures::PROTOCOL_FEATURES) => {
+            Gate::ProtocolFeaturesAcked
+                if self.features.contains(VirtioFeatures::PROTOCOL_FEATURES) =>
+            {
                 Ok(())
             }
             Gate::ProtocolFeaturesAcked => Err(Rule::ProtocolFeaturesNotAcked),
@@ -183,7 +190,10 @@ impl Negotiated {
                 ProtocolFeatures::INBAND_NOTIFICATIONS,
                 ProtocolFeatures::BACKEND_REQ.union(ProtocolFeatures::REPLY_ACK),
             ),
-            (ProtocolFeatures::GET_VRING_BASE_INFLIGHT, ProtocolFeatures::INFLIGHT_SHMFD),
+            (
+                ProtocolFeatures::GET_VRING_BASE_INFLIGHT,
+                ProtocolFeatures::INFLIGHT_SHMFD,
+            ),
         ];
         for (feature, needs) in deps {
             if f.contains(feature) && !f.contains(needs) {
@@ -196,6 +206,10 @@ impl Negotiated {
     /// Checks a SET_FEATURES value: a subset of the offer (spec §4.1).
     pub fn check_features(&self, f: VirtioFeatures) -> Result<(), Rule> {
         let extra = f.difference(self.offered_features);
-        if extra.is_empty() { Ok(()) } else { Err(Rule::FeaturesNotOffered { extra }) }
+        if extra.is_empty() {
+            Ok(())
+        } else {
+            Err(Rule::FeaturesNotOffered { extra })
+        }
     }
 }

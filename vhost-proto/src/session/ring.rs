@@ -55,7 +55,12 @@ pub struct RingPosition {
 impl Default for RingPosition {
     /// The position of a fresh ring: index 0, wrap counters set (virtqueue.md).
     fn default() -> Self {
-        RingPosition { next_avail: 0, avail_wrap: true, next_used: 0, used_wrap: true }
+        RingPosition {
+            next_avail: 0,
+            avail_wrap: true,
+            next_used: 0,
+            used_wrap: true,
+        }
     }
 }
 
@@ -70,14 +75,22 @@ impl RingPosition {
                 used_wrap: base.packed_used_wrap(),
             }
         } else {
-            RingPosition { next_avail: base.split_next_avail(), ..RingPosition::default() }
+            RingPosition {
+                next_avail: base.split_next_avail(),
+                ..RingPosition::default()
+            }
         }
     }
 
     /// The wire base for a split or packed ring.
     pub fn to_base(self, packed: bool) -> VringBase {
         if packed {
-            VringBase::packed(self.next_avail, self.avail_wrap, self.next_used, self.used_wrap)
+            VringBase::packed(
+                self.next_avail,
+                self.avail_wrap,
+                self.next_used,
+                self.used_wrap,
+            )
         } else {
             VringBase::split(self.next_avail)
         }
@@ -119,9 +132,17 @@ mod tests {
 
     #[test]
     fn position_round_trips() {
-        let p = RingPosition { next_avail: 0x1234, avail_wrap: false, next_used: 7, used_wrap: true };
+        let p = RingPosition {
+            next_avail: 0x1234,
+            avail_wrap: false,
+            next_used: 7,
+            used_wrap: true,
+        };
         assert_eq!(RingPosition::from_base(p.to_base(true), true), p);
-        let s = RingPosition { next_avail: 0xfffe, ..RingPosition::default() };
+        let s = RingPosition {
+            next_avail: 0xfffe,
+            ..RingPosition::default()
+        };
         assert_eq!(RingPosition::from_base(s.to_base(false), false), s);
     }
 }

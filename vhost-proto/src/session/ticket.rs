@@ -9,9 +9,11 @@ pub(crate) fn new_session_id() -> u64 {
     NEXT_SESSION.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The identity carried by every answer token: the issuing session and a sequence number.
+/// The identity carried by every answer token: the issuing session and a sequence number,
+/// plus one flag some tokens expose (e.g. postcopy for memory answers).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Ticket {
     pub session: u64,
     pub seq: u64,
+    pub postcopy: bool,
 }

@@ -14,6 +14,9 @@ pub struct Transmit<H> {
 
 impl<H> From<Encoded<H>> for Transmit<H> {
     fn from(e: Encoded<H>) -> Self {
-        Transmit { bytes: e.bytes, fds: e.fds }
+        Transmit {
+            bytes: e.bytes,
+            fds: e.fds,
+        }
     }
 }

@@ -34,7 +34,7 @@ pub enum ErrorClass {
 }
 
 /// An error while decoding the byte stream.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeError {
     /// Fatal: the version bits of `flags` are not 1 (spec §2).

@@ -1,0 +1,460 @@
+//! The device's answers: each consumes its token, sends the reply or ack the request needs,
+//! commits the state change, and resumes processing buffered requests.
+
+use crate::session::{ApiError, Rejection, RingPosition, Rule};
+use crate::wire::{CryptoSession, FrontendReply, FrontendReq, InflightDesc, MemoryRegion, Uuid};
+
+use super::connection::{AfterAck, Connection, PostcopyState, WaitKind, Waiting};
+use super::event::{
+    AckToken, ConfigToken, CryptoToken, DeviceStateToken, Event, InflightToken, MemoryToken,
+    PostcopyAdviseToken, Refused, RingStopToken, SharedObjectToken,
+};
+
+const NOT_SUPPORTED: Refused = Refused {
+    reason: Some("not supported by this device"),
+};
+
+impl<H> Connection<H> {
+    /// Ends an answer: ack or NACK when the request wants one, log a refusal, resume.
+    fn finish(&mut self, w: &Waiting, always: bool, result: Result<(), Refused>) {
+        let replied = always || w.need_reply;
+        if replied {
+            self.push_raw_u64(w.code.raw(), u64::from(result.is_err()));
+        }
+        if let Err(r) = result {
+            self.push_rejection(Rejection::frontend(
+                w.code,
+                Rule::Refused { reason: r.reason },
+                replied,
+            ));
+        }
+    }
+
+    fn wrong_token(&mut self, w: Waiting) -> ApiError {
+        // Unreachable through the typed tokens; keep waiting rather than lose the request.
+        self.waiting = Some(w);
+        ApiError::StaleToken
+    }
+
+    fn after_answer(&mut self) {
+        let _ = self.resume();
+    }
+
+    /// Answers an [`AckToken`]: `Ok(())` when the device did what the event asked.
+    pub fn ack(&mut self, token: AckToken, result: Result<(), Refused>) -> Result<(), ApiError> {
+        let w = self.take_waiting(&token.ticket)?;
+        let WaitKind::Ack { always, then } = &w.kind else {
+            return Err(self.wrong_token(w));
+        };
+        let always = *always;
+        if result.is_ok() {
+            match then {
+                AfterAck::Nothing => {}
+                AfterAck::Status(s) => self.status = *s,
+                AfterAck::LogBase(l) => self.log = Some(*l),
+                AfterAck::Inflight => self.inflight = true,
+                AfterAck::PostcopyListen => self.postcopy = PostcopyState::Listening,
+                AfterAck::PostcopyEnd => {
+                    self.postcopy = PostcopyState::Off;
+                    self.postcopy_ack_pending = false;
+                }
+                AfterAck::RemoveRegion(r) => {
+                    if let Ok(i) = self.memory.find(r) {
+                        self.memory.remove(i);
+                    }
+                }
+                AfterAck::CheckState => self.transfer = None,
+            }
+        }
+        self.finish(&w, always, result);
+        self.after_answer();
+        Ok(())
+    }
+
+    /// Answers a [`MemoryToken`] outside postcopy: `Ok(())` once every region is mapped.
+    /// A refusal leaves the old table in place.
+    pub fn answer_memory(
+        &mut self,
+        token: MemoryToken,
+        result: Result<(), Refused>,
+    ) -> Result<(), ApiError> {
+        if token.postcopy() {
+            return Err(ApiError::BadAnswer(
+                "postcopy is listening: use answer_memory_postcopy",
+            ));
+        }
+        let w = self.take_waiting(&token.ticket)?;
+        match (&w.kind, result.is_ok()) {
+            (WaitKind::MemoryTable { regions, .. }, true) => self.memory.replace(regions.clone()),
+            (WaitKind::MemoryAdd { region, .. }, true) => self.memory.add(*region),
+            (WaitKind::MemoryTable { .. } | WaitKind::MemoryAdd { .. }, false) => {}
+            _ => return Err(self.wrong_token(w)),
+        }
+        self.finish(&w, false, result);
+        self.after_answer();
+        Ok(())
+    }
+
+    /// Answers a [`MemoryToken`] while postcopy listens: the back-end's mapping address of
+    /// each region, in order (spec §7.7). The front-end acknowledges with
+    /// [`Event::PostcopyMemoryReady`].
+    pub fn answer_memory_postcopy(
+        &mut self,
+        token: MemoryToken,
+        result: Result<Vec<u64>, Refused>,
+    ) -> Result<(), ApiError> {
+        if !token.postcopy() {
+            return Err(ApiError::BadAnswer(
+                "postcopy is not listening: use answer_memory",
+            ));
+        }
+        let w = self.take_waiting(&token.ticket)?;
+        let count = match &w.kind {
+            WaitKind::MemoryTable { regions, .. } => regions.len(),
+            WaitKind::MemoryAdd { .. } => 1,
+            _ => return Err(self.wrong_token(w)),
+        };
+        let mapped = match result {
+            Ok(m) if m.len() == count => m,
+            Ok(_) => {
+                self.waiting = Some(w);
+                return Err(ApiError::BadAnswer("one mapping address per region"));
+            }
+            Err(r) => {
+                self.push_raw_u64(w.code.raw(), 1);
+                self.push_rejection(Rejection::frontend(
+                    w.code,
+                    Rule::Refused { reason: r.reason },
+                    true,
+                ));
+                self.after_answer();
+                return Ok(());
+            }
+        };
+        let with = |r: &MemoryRegion, user_addr: u64| MemoryRegion { user_addr, ..*r };
+        let reply = match &w.kind {
+            WaitKind::MemoryTable { regions, .. } => {
+                let out = regions
+                    .iter()
+                    .zip(&mapped)
+                    .map(|(r, a)| with(r, *a))
+                    .collect();
+                self.memory.replace(regions.clone());
+                FrontendReply::MemTable { regions: out }
+            }
+            WaitKind::MemoryAdd { region, .. } => {
+                self.memory.add(*region);
+                FrontendReply::AddMemReg {
+                    region: with(region, mapped.first().copied().unwrap_or_default()),
+                }
+            }
+            _ => return Ok(()),
+        };
+        self.postcopy_ack_pending = true;
+        let _ = self.reply(w.code, reply);
+        self.after_answer();
+        Ok(())
+    }
+
+    /// Answers a [`RingStopToken`] with the position the ring stopped at (the next
+    /// SET_VRING_KICK resumes there unless SET_VRING_BASE says otherwise).
+    pub fn answer_ring_stopped(
+        &mut self,
+        token: RingStopToken,
+        position: RingPosition,
+    ) -> Result<(), ApiError> {
+        let w = self.take_waiting(&token.ticket)?;
+        let WaitKind::RingStop { index } = w.kind else {
+            return Err(self.wrong_token(w));
+        };
+        let base = position.to_base(self.neg.packed());
+        if let Some(r) = self.rings.get_mut(usize::from(index)) {
+            r.base = base;
+        }
+        let _ = self.reply(
+            FrontendReq::GetVringBase,
+            FrontendReply::VringBase {
+                index: index.into(),
+                base,
+            },
+        );
+        self.after_answer();
+        Ok(())
+    }
+
+    /// Answers a [`ConfigToken`] with exactly the requested bytes, or refuses (the reply is
+    /// then an empty config, the spec's failure form).
+    pub fn answer_config(
+        &mut self,
+        token: ConfigToken,
+        result: Result<&[u8], Refused>,
+    ) -> Result<(), ApiError> {
+        let w = self.take_waiting(&token.ticket)?;
+        let WaitKind::Config {
+            offset,
+            size,
+            flags,
+        } = w.kind
+        else {
+            return Err(self.wrong_token(w));
+        };
+        match result {
+            Ok(data) if data.len() == size as usize => {
+                let _ = self.reply(
+                    w.code,
+                    FrontendReply::Config {
+                        offset,
+                        flags,
+                        data: data.to_vec(),
+                    },
+                );
+            }
+            Ok(_) => {
+                self.waiting = Some(w);
+                return Err(ApiError::BadAnswer(
+                    "config data must have the requested size",
+                ));
+            }
+            Err(r) => {
+                let _ = self.reply(w.code, FrontendReply::Empty);
+                self.push_rejection(Rejection::frontend(
+                    w.code,
+                    Rule::Refused { reason: r.reason },
+                    true,
+                ));
+            }
+        }
+        self.after_answer();
+        Ok(())
+    }
+
+    /// Answers a [`CryptoToken`] with the new session id (a refusal replies id -1).
+    pub fn answer_crypto_session(
+        &mut self,
+        token: CryptoToken,
+        result: Result<i64, Refused>,
+    ) -> Result<(), ApiError> {
+        let w = self.take_waiting(&token.ticket)?;
+        let WaitKind::Crypto { session } = &w.kind else {
+            return Err(self.wrong_token(w));
+        };
+        let id = match result {
+            Ok(id) if id >= 0 => id,
+            Ok(_) => {
+                self.waiting = Some(w);
+                return Err(ApiError::BadAnswer("a session id is non-negative"));
+            }
+            Err(r) => {
+                self.push_rejection(Rejection::frontend(
+                    w.code,
+                    Rule::Refused { reason: r.reason },
+                    true,
+                ));
+                -1
+            }
+        };
+        let mut bytes = session.0;
+        if let Some(dst) = bytes.get_mut(1064..1072) {
+            dst.copy_from_slice(&id.to_ne_bytes());
+        }
+        let _ = self.reply(
+            w.code,
+            FrontendReply::CryptoSession {
+                session: Box::new(CryptoSession(bytes)),
+            },
+        );
+        self.after_answer();
+        Ok(())
+    }
+
+    /// Answers a [`PostcopyAdviseToken`] with the userfaultfd.
+    pub fn answer_postcopy_advise(
+        &mut self,
+        token: PostcopyAdviseToken,
+        result: Result<H, Refused>,
+    ) -> Result<(), ApiError> {
+        let w = self.take_waiting(&token.ticket)?;
+        let WaitKind::PostcopyAdvise = w.kind else {
+            return Err(self.wrong_token(w));
+        };
+        match result {
+            Ok(fd) => {
+                self.postcopy = PostcopyState::Advised;
+                let _ = self.reply(w.code, FrontendReply::PostcopyAdvise { fd });
+            }
+            Err(r) => {
+                let _ = self.failure_reply(w.code);
+                self.push_rejection(Rejection::frontend(
+                    w.code,
+                    Rule::Refused { reason: r.reason },
+                    true,
+                ));
+            }
+        }
+        self.after_answer();
+        Ok(())
+    }
+
+    /// Answers an [`InflightToken`] with the buffer's size, offset and fd; a refusal replies
+    /// "no buffer" (mmap_size 0, no fd), which QEMU accepts.
+    pub fn answer_inflight(
+        &mut self,
+        token: InflightToken,
+        result: Result<(u64, u64, H), Refused>,
+    ) -> Result<(), ApiError> {
+        let w = self.take_waiting(&token.ticket)?;
+        let WaitKind::Inflight {
+            num_queues,
+            queue_size,
+        } = w.kind
+        else {
+            return Err(self.wrong_token(w));
+        };
+        let reply = match result {
+            Ok((mmap_size, mmap_offset, fd)) => FrontendReply::InflightFd {
+                desc: InflightDesc {
+                    mmap_size,
+                    mmap_offset,
+                    num_queues,
+                    queue_size,
+                },
+                fd: Some(fd),
+            },
+            Err(r) => {
+                self.push_rejection(Rejection::frontend(
+                    w.code,
+                    Rule::Refused { reason: r.reason },
+                    true,
+                ));
+                FrontendReply::InflightFd {
+                    desc: InflightDesc {
+                        num_queues,
+                        queue_size,
+                        ..Default::default()
+                    },
+                    fd: None,
+                }
+            }
+        };
+        let _ = self.reply(w.code, reply);
+        self.after_answer();
+        Ok(())
+    }
+
+    /// Answers a [`SharedObjectToken`] with the object's dma-buf fd.
+    pub fn answer_shared_object(
+        &mut self,
+        token: SharedObjectToken,
+        result: Result<H, Refused>,
+    ) -> Result<(), ApiError> {
+        let w = self.take_waiting(&token.ticket)?;
+        let WaitKind::SharedObject = w.kind else {
+            return Err(self.wrong_token(w));
+        };
+        let fd = match result {
+            Ok(fd) => Some(fd),
+            Err(r) => {
+                self.push_rejection(Rejection::frontend(
+                    w.code,
+                    Rule::Refused { reason: r.reason },
+                    true,
+                ));
+                None
+            }
+        };
+        let _ = self.reply(
+            w.code,
+            FrontendReply::SharedObject {
+                uuid: None::<Uuid>,
+                fd,
+            },
+        );
+        self.after_answer();
+        Ok(())
+    }
+
+    /// Answers a [`DeviceStateToken`]: `Ok(Some(fd))` to offer the device's own channel
+    /// end (the front-end then drops its own), `Ok(None)` to use the front-end's.
+    pub fn answer_device_state(
+        &mut self,
+        token: DeviceStateToken,
+        result: Result<Option<H>, Refused>,
+    ) -> Result<(), ApiError> {
+        let w = self.take_waiting(&token.ticket)?;
+        let WaitKind::DeviceState { direction } = w.kind else {
+            return Err(self.wrong_token(w));
+        };
+        let reply = match result {
+            Ok(fd) => {
+                self.transfer = Some(direction);
+                FrontendReply::DeviceStateFd { status: 0, fd }
+            }
+            Err(r) => {
+                self.push_rejection(Rejection::frontend(
+                    w.code,
+                    Rule::Refused { reason: r.reason },
+                    true,
+                ));
+                FrontendReply::DeviceStateFd {
+                    status: 1,
+                    fd: None,
+                }
+            }
+        };
+        let _ = self.reply(w.code, reply);
+        self.after_answer();
+        Ok(())
+    }
+
+    /// Refuses whatever `event` asks, for events a device does not handle: every token is
+    /// answered with its failure form (a stopped ring reports the last known base), handles
+    /// are dropped. Events without a token are simply dropped.
+    pub fn refuse(&mut self, event: Event<H>) -> Result<(), ApiError> {
+        match event {
+            Event::MemoryTable { answer, .. } | Event::MemoryRegionAdded { answer, .. } => {
+                if answer.postcopy() {
+                    self.answer_memory_postcopy(answer, Err(NOT_SUPPORTED))
+                } else {
+                    self.answer_memory(answer, Err(NOT_SUPPORTED))
+                }
+            }
+            Event::MemoryRegionRemoved { answer, .. }
+            | Event::LogBase { answer, .. }
+            | Event::ConfigWrite { answer, .. }
+            | Event::Status { answer, .. }
+            | Event::Reset { answer }
+            | Event::GpuSocket { answer, .. }
+            | Event::SendRarp { answer, .. }
+            | Event::SetMtu { answer, .. }
+            | Event::Iotlb { answer, .. }
+            | Event::CryptoSessionClose { answer, .. }
+            | Event::PostcopyListen { answer }
+            | Event::PostcopyEnd { answer }
+            | Event::InflightSet { answer, .. }
+            | Event::DeviceStateCheck { answer } => self.ack(answer, Err(NOT_SUPPORTED)),
+            Event::RingStopped { index, answer } => {
+                let packed = self.neg.packed();
+                let pos = self
+                    .ring(index)
+                    .map(|r| RingPosition::from_base(r.base, packed))
+                    .unwrap_or_default();
+                self.answer_ring_stopped(answer, pos)
+            }
+            Event::ConfigRead { answer, .. } => self.answer_config(answer, Err(NOT_SUPPORTED)),
+            Event::CryptoSessionCreate { answer, .. } => {
+                self.answer_crypto_session(answer, Err(NOT_SUPPORTED))
+            }
+            Event::PostcopyAdvise { answer } => {
+                self.answer_postcopy_advise(answer, Err(NOT_SUPPORTED))
+            }
+            Event::InflightGet { answer, .. } => self.answer_inflight(answer, Err(NOT_SUPPORTED)),
+            Event::SharedObjectGet { answer, .. } => {
+                self.answer_shared_object(answer, Err(NOT_SUPPORTED))
+            }
+            Event::DeviceStateTransfer { answer, .. } => {
+                self.answer_device_state(answer, Err(NOT_SUPPORTED))
+            }
+            _ => Ok(()),
+        }
+    }
+}

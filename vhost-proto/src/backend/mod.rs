@@ -1,0 +1,22 @@
+//! The back-end's side of vhost-user: [`Connection`] for the main socket and [`Channel`] for
+//! the back-end → front-end channel.
+
+mod answer;
+// mod channel;
+mod connection;
+mod description;
+mod dispatch;
+mod event;
+mod memory;
+mod ring;
+
+// channel later
+pub use crate::session::{AddressSpace, RingConfig, RingFeatures, RingPosition, Transmit};
+pub use connection::{Connection, PostcopyState};
+pub use description::{DeviceDescription, MAX_QUEUE_SIZE, MAX_QUEUES};
+pub use event::{
+    AckToken, ConfigToken, CryptoToken, DeviceStateToken, Event, InflightToken, MemoryToken,
+    PostcopyAdviseToken, Refused, RingStopToken, SharedObjectToken,
+};
+pub use memory::MemoryTable;
+pub use ring::{Notifier, RingAddresses, RingState};
