@@ -9,6 +9,8 @@
 //! collecting used buffers.
 //!
 //!     cargo bench -p vring --bench split -- --warm-up-time 1 --measurement-time 3
+// Setup failures in a bench are bench failures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

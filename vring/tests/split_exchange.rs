@@ -8,6 +8,8 @@
 //! and no needed notification is suppressed — whenever one side is waiting
 //! (it re-enabled notifications and was told nothing was pending), the other
 //! side's next publish of new entries must say "notify".
+// Helpers outside #[test] fns may unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::HashMap;
 
