@@ -4,4 +4,5 @@
 //!
 //! Each body builds guest memory from arbitrary bytes (a hostile driver) and
 //! drives the device side of a ring over it; it must never panic.
+pub mod packed;
 pub mod split;
