@@ -180,6 +180,10 @@ pub enum Error {
         /// Bytes asked for.
         needed: u64,
     },
+    /// A chain from a split queue given to a packed one, or the reverse
+    /// (`vring::queue`).
+    #[error("chain of the other ring layout")]
+    LayoutMismatch,
     /// A driver asked to add a buffer with no elements.
     #[error("a buffer needs at least one element")]
     EmptyBuffer,

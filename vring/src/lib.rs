@@ -14,6 +14,7 @@
 //! | [`chain`] | [`Reader`]/[`Writer`]: copy across a chain without allocating |
 //! | [`split`] | split rings: `split::DeviceQueue`, `split::DriverQueue` |
 //! | [`packed`] | packed rings: `packed::DeviceQueue`, `packed::DriverQueue` |
+//! | [`queue`] | either layout behind one type, chosen at run time |
 //! | [`inflight`] | inflight I/O tracking regions (vhost-user §7.12) |
 //! | [`log`] | dirty-page logging for migration |
 //!
@@ -32,6 +33,7 @@ pub mod log;
 pub mod memory;
 mod notify;
 pub mod packed;
+pub mod queue;
 pub mod split;
 
 pub use chain::{Reader, Writer};
