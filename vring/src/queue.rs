@@ -1,6 +1,6 @@
 //! Either ring layout behind one type, chosen at run time by
 //! VIRTIO_F_RING_PACKED: [`DeviceQueue`] and [`DriverQueue`] dispatch the
-//! common API to [`split`](crate::split) or [`packed`](crate::packed).
+//! common API to [`split`] or [`packed`].
 //!
 //! ```
 //! use vring::memory::BufferMemory;
