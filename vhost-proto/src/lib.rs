@@ -52,6 +52,7 @@
 pub mod wire;
 
 pub mod backend;
+pub mod frontend;
 pub mod session;
 
 #[cfg(any(test, feature = "fuzzing"))]

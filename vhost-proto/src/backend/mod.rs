@@ -2,7 +2,7 @@
 //! the back-end → front-end channel.
 
 mod answer;
-// mod channel;
+mod channel;
 mod connection;
 mod description;
 mod dispatch;
@@ -10,8 +10,8 @@ mod event;
 mod memory;
 mod ring;
 
-// channel later
 pub use crate::session::{AddressSpace, RingConfig, RingFeatures, RingPosition, Transmit};
+pub use channel::{Channel, ChannelEvent, RequestId};
 pub use connection::{Connection, PostcopyState};
 pub use description::{DeviceDescription, MAX_QUEUE_SIZE, MAX_QUEUES};
 pub use event::{

@@ -337,7 +337,6 @@ impl Rejection {
     }
 
     /// A rejection of a back-end request.
-    #[allow(dead_code)]
     pub(crate) fn backend(req: BackendReq, rule: Rule, replied: bool) -> Self {
         Rejection {
             request: Some(req.into()),

@@ -1,0 +1,363 @@
+//! The front-end's view of the main socket: queues requests, gates them on what was
+//! negotiated, matches replies, tracks negotiation.
+
+use std::collections::VecDeque;
+
+use crate::session::{
+    ApiError, FatalError, MAX_BUFFERED_INPUT, Negotiated, Rule, Transmit, has_reply_body,
+};
+use crate::wire::{
+    DecodeError, FrontendReply, FrontendReplyDecoder, FrontendReq, FrontendRequest, Input,
+    ProtocolFeatures, VirtioFeatures,
+};
+
+use super::event::{Event, RequestId};
+use super::reply_check::{self, Detail};
+
+/// Most requests queued behind one that waits for its reply.
+pub const MAX_QUEUED_REQUESTS: usize = 64;
+
+/// What a sent request waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Nothing,
+    Ack,
+    Body,
+}
+
+#[derive(Debug)]
+struct Queued<H> {
+    id: RequestId,
+    code: FrontendReq,
+    expect: Expect,
+    detail: Detail,
+    transmit: Transmit<H>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Outstanding {
+    id: RequestId,
+    code: FrontendReq,
+    expect: Expect,
+    detail: Detail,
+}
+
+/// The front-end's side of the main socket.
+///
+/// [`send`](Self::send) checks a request against what was negotiated (a request whose
+/// feature is missing is an [`ApiError::NotNegotiated`] and nothing is sent), sets
+/// NEED_REPLY when REPLY_ACK is negotiated (always on POSTCOPY_LISTEN, as QEMU does), and
+/// queues it. One request that waits for a reply is on the wire at a time; later ones wait.
+/// Replies are validated strictly: any deviation is a [`FatalError`].
+///
+/// ```
+/// use vhost_proto::frontend::{Connection, Event};
+/// use vhost_proto::wire::{FrontendReply, FrontendReq, FrontendRequest, DecodeContext};
+///
+/// let mut vmm = Connection::<i32>::new();
+/// let id = vmm.send(FrontendRequest::GetFeatures).unwrap();
+/// let out = vmm.poll_transmit().unwrap();
+/// assert_eq!(out.bytes.len(), 12);
+/// // The back-end answers with its features.
+/// let reply = FrontendReply::<i32>::U64 { value: 1 << 32 }
+///     .encode(FrontendReq::GetFeatures, &DecodeContext::default()).unwrap();
+/// vmm.handle_input(&reply.bytes, reply.fds).unwrap();
+/// assert!(matches!(vmm.poll_event(), Some(Event::Reply { id: got, .. }) if got == id));
+/// assert_eq!(vmm.negotiated().offered_features.bits(), 1 << 32);
+/// ```
+#[derive(Debug)]
+pub struct Connection<H> {
+    neg: Negotiated,
+    features_known: bool,
+    protocol_known: bool,
+    queue_num: Option<u64>,
+    max_mem_slots: Option<u64>,
+    postcopy: bool,
+    decoder: FrontendReplyDecoder<H>,
+    queue: VecDeque<Queued<H>>,
+    outstanding: Option<Outstanding>,
+    transmits: VecDeque<Transmit<H>>,
+    events: VecDeque<Event<H>>,
+    next_id: u64,
+    closed: bool,
+}
+
+impl<H> Default for Connection<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<H> Connection<H> {
+    /// A connection at the start of a session.
+    pub fn new() -> Self {
+        Connection {
+            neg: Negotiated::default(),
+            features_known: false,
+            protocol_known: false,
+            queue_num: None,
+            max_mem_slots: None,
+            postcopy: false,
+            decoder: FrontendReplyDecoder::new(Default::default()),
+            queue: VecDeque::new(),
+            outstanding: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_id: 0,
+            closed: false,
+        }
+    }
+
+    /// What was offered and negotiated so far.
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.neg
+    }
+
+    /// The GET_QUEUE_NUM answer, once received.
+    pub fn queue_num(&self) -> Option<u64> {
+        self.queue_num
+    }
+
+    /// The GET_MAX_MEM_SLOTS answer, once received.
+    pub fn max_mem_slots(&self) -> Option<u64> {
+        self.max_mem_slots
+    }
+
+    /// Whether postcopy listens (POSTCOPY_LISTEN acked, no POSTCOPY_END yet).
+    pub fn postcopy(&self) -> bool {
+        self.postcopy
+    }
+
+    /// Whether nothing is queued or waiting for a reply.
+    pub fn is_idle(&self) -> bool {
+        self.outstanding.is_none() && self.queue.is_empty()
+    }
+
+    /// Whether the connection failed fatally.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// How many input bytes may be fed now.
+    pub fn input_room(&self) -> usize {
+        if self.closed { 0 } else { MAX_BUFFERED_INPUT }
+    }
+
+    /// Checks, encodes and queues a request; returns its id for matching the completion.
+    /// Requests without a reply (and without NEED_REPLY) complete when transmitted.
+    pub fn send(&mut self, req: FrontendRequest<H>) -> Result<RequestId, ApiError> {
+        if self.closed {
+            return Err(ApiError::Closed);
+        }
+        if self.queue.len() >= MAX_QUEUED_REQUESTS {
+            return Err(ApiError::QueueFull);
+        }
+        let code = req.code();
+        let not = |rule: Rule| ApiError::NotNegotiated {
+            request: code.into(),
+            rule,
+        };
+        self.neg.check_frontend(code).map_err(not)?;
+        let postcopy_ack = matches!(
+            req,
+            FrontendRequest::SetMemTablePostcopyAck { .. }
+                | FrontendRequest::AddMemRegPostcopyAck { .. }
+        );
+        let detail = match &req {
+            FrontendRequest::SetFeatures { features } => {
+                if self.features_known {
+                    self.neg.check_features(*features).map_err(not)?;
+                }
+                Detail::None
+            }
+            FrontendRequest::SetProtocolFeatures { features } => {
+                if self.protocol_known {
+                    self.neg.check_protocol_features(*features).map_err(not)?;
+                }
+                Detail::None
+            }
+            FrontendRequest::GetVringBase { index } => Detail::VringIndex(*index),
+            FrontendRequest::GetConfig { offset, size, .. } => Detail::Config {
+                offset: *offset,
+                size: *size,
+            },
+            _ => Detail::None,
+        };
+        let ctx = self.neg.decode_context(self.postcopy);
+        let body = !postcopy_ack && has_reply_body(code, ctx.log_shmfd, ctx.postcopy);
+        let need_reply =
+            !body && !postcopy_ack && (self.neg.reply_ack() || code == FrontendReq::PostcopyListen);
+        let expect = if body {
+            Expect::Body
+        } else if need_reply {
+            Expect::Ack
+        } else {
+            Expect::Nothing
+        };
+        // Negotiation as the VMM states it (the back-end's NACK, if any, is reported).
+        match &req {
+            FrontendRequest::SetFeatures { features } => self.neg.features = *features,
+            FrontendRequest::SetProtocolFeatures { features } => self.neg.protocol = *features,
+            _ => {}
+        }
+        let transmit = req
+            .encode(need_reply, &ctx)
+            .map_err(ApiError::Encode)?
+            .into();
+        self.next_id += 1;
+        let id = RequestId(self.next_id);
+        self.queue.push_back(Queued {
+            id,
+            code,
+            expect,
+            detail,
+            transmit,
+        });
+        self.pump();
+        Ok(id)
+    }
+
+    /// Moves queued requests to the transmit queue while no reply is awaited.
+    fn pump(&mut self) {
+        while self.outstanding.is_none() {
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            self.transmits.push_back(q.transmit);
+            if q.expect != Expect::Nothing {
+                self.outstanding = Some(Outstanding {
+                    id: q.id,
+                    code: q.code,
+                    expect: q.expect,
+                    detail: q.detail,
+                });
+                let ctx = self.neg.decode_context(self.postcopy);
+                self.decoder.set_context(ctx);
+            }
+        }
+    }
+
+    /// The next message to write (one `sendmsg` each, in order).
+    pub fn poll_transmit(&mut self) -> Option<Transmit<H>> {
+        self.transmits.pop_front()
+    }
+
+    /// The next completion.
+    pub fn poll_event(&mut self) -> Option<Event<H>> {
+        self.events.pop_front()
+    }
+
+    fn fail(&mut self, e: FatalError) -> FatalError {
+        if !self.closed {
+            self.closed = true;
+            self.queue.clear();
+            self.outstanding = None;
+            self.events
+                .push_back(Event::ConnectionLost { error: e.clone() });
+        }
+        e
+    }
+
+    /// Feeds the bytes of one read and the handles that came with them. Every error is
+    /// fatal: a back-end that sends a malformed, unexpected or mismatched reply is cut off.
+    pub fn handle_input(&mut self, bytes: &[u8], fds: Vec<H>) -> Result<(), FatalError> {
+        if self.closed {
+            return Err(FatalError::Closed);
+        }
+        let mut input = Input::new(bytes, fds);
+        loop {
+            if self.outstanding.is_none() && !input.is_empty() {
+                // Nothing may arrive now; decode only the header's code for the error.
+                let code = input
+                    .remaining()
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_ne_bytes);
+                return Err(self.fail(FatalError::UnexpectedReply {
+                    code: code.unwrap_or(0),
+                }));
+            }
+            match self.decoder.decode(&mut input) {
+                Ok(Some(msg)) => self.on_reply(msg.code, msg.message)?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let e = match e {
+                        DecodeError::UnknownReply { code } => FatalError::UnexpectedReply { code },
+                        e => FatalError::Decode(e),
+                    };
+                    return Err(self.fail(e));
+                }
+            }
+        }
+    }
+
+    fn on_reply(&mut self, code: FrontendReq, reply: FrontendReply<H>) -> Result<(), FatalError> {
+        let Some(o) = self.outstanding else {
+            return Err(self.fail(FatalError::UnexpectedReply { code: code.raw() }));
+        };
+        if code != o.code {
+            return Err(self.fail(FatalError::ReplyCodeMismatch {
+                expected: o.code.into(),
+                got: code.into(),
+            }));
+        }
+        let event = match (o.expect, reply) {
+            (Expect::Ack, FrontendReply::U64 { value: 0 }) => {
+                if code == FrontendReq::PostcopyListen {
+                    self.postcopy = true;
+                }
+                Event::Acked {
+                    id: o.id,
+                    request: code,
+                }
+            }
+            (Expect::Ack, FrontendReply::U64 { value }) => Event::Nacked {
+                id: o.id,
+                request: code,
+                value,
+            },
+            (Expect::Ack, _) => {
+                return Err(self.fail(FatalError::BadReply {
+                    request: code.into(),
+                    reason: "an ack must be a u64",
+                }));
+            }
+            (_, reply) => {
+                if let Err(e) = reply_check::check(code, o.detail, &reply) {
+                    return Err(self.fail(e));
+                }
+                self.learn(code, &reply);
+                Event::Reply {
+                    id: o.id,
+                    request: code,
+                    reply,
+                }
+            }
+        };
+        self.events.push_back(event);
+        self.outstanding = None;
+        self.pump();
+        Ok(())
+    }
+
+    /// Tracks negotiation from replies.
+    fn learn(&mut self, code: FrontendReq, reply: &FrontendReply<H>) {
+        let FrontendReply::U64 { value } = *reply else {
+            return;
+        };
+        match code {
+            FrontendReq::GetFeatures => {
+                self.neg.offered_features = VirtioFeatures::from_bits_retain(value);
+                self.features_known = true;
+            }
+            FrontendReq::GetProtocolFeatures => {
+                self.neg.offered_protocol = ProtocolFeatures::from_bits_retain(value);
+                self.protocol_known = true;
+            }
+            FrontendReq::GetQueueNum => self.queue_num = Some(value),
+            FrontendReq::GetMaxMemSlots => self.max_mem_slots = Some(value),
+            FrontendReq::PostcopyEnd if value == 0 => self.postcopy = false,
+            _ => {}
+        }
+    }
+}
