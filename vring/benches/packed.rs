@@ -1,1 +1,187 @@
-fn main() {}
+//! Device-side cost of the packed ring, against our split ring in the same
+//! run: the same cases as `benches/split.rs` (1-descriptor chains pop+push,
+//! a 128-descriptor chain walk, indirect chains, batches of 32), over the
+//! same `vm_memory::GuestMemoryMmap`, refilled by each layout's own driver
+//! between timed stretches.
+//!
+//! Every case reports time per chain. Timed: pop, walk every descriptor
+//! (reading addr/len/flags), complete (used descriptor / used element + idx)
+//! and the notification decision. Not timed: the driver refilling the ring
+//! and collecting used buffers.
+//!
+//!     cargo bench -p vring --bench packed -- --warm-up-time 1 --measurement-time 3
+// Setup failures in a bench are bench failures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vring::{QueueConfig, RingFeatures, RingPosition, packed, split};
+
+const Q: u16 = 256;
+const DESC: u64 = 0x0;
+/// Packed: driver / device event areas; split: avail / used rings.
+const DRIVER_AREA: u64 = 0x1000;
+const DEVICE_AREA: u64 = 0x2000;
+const TABLES: u64 = 0x10000;
+const DATA: u64 = 0x100000;
+
+fn config() -> QueueConfig {
+    QueueConfig {
+        size: Q,
+        desc_table: DESC,
+        driver_area: DRIVER_AREA,
+        device_area: DEVICE_AREA,
+        features: RingFeatures {
+            event_idx: true,
+            indirect: true,
+            in_order: false,
+        },
+    }
+}
+
+fn memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x400000)]).unwrap()
+}
+
+/// What a chain looks like.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// One readable descriptor.
+    Direct1,
+    /// `n` direct descriptors, half readable, half writable.
+    DirectN(usize),
+    /// One ring descriptor pointing at a table of `n` elements.
+    Indirect(usize),
+}
+
+impl Shape {
+    /// Chains per refill of the ring.
+    fn per_ring(self) -> u64 {
+        match self {
+            Shape::Direct1 | Shape::Indirect(_) => u64::from(Q),
+            Shape::DirectN(n) => u64::from(Q) / n as u64,
+        }
+    }
+}
+
+/// The driver calls both layouts share.
+trait Driver {
+    fn add(&mut self, r: &[(u64, u32)], w: &[(u64, u32)]);
+    fn add_indirect(&mut self, table: u64, r: &[(u64, u32)], w: &[(u64, u32)]);
+    fn publish(&mut self);
+    fn drain(&mut self);
+}
+
+macro_rules! driver {
+    ($t:ty) => {
+        impl Driver for $t {
+            fn add(&mut self, r: &[(u64, u32)], w: &[(u64, u32)]) {
+                <$t>::add(self, r, w).unwrap();
+            }
+            fn add_indirect(&mut self, table: u64, r: &[(u64, u32)], w: &[(u64, u32)]) {
+                <$t>::add_indirect(self, table, r, w).unwrap();
+            }
+            fn publish(&mut self) {
+                <$t>::publish(self);
+            }
+            fn drain(&mut self) {
+                while self.pop_used().unwrap().is_some() {}
+            }
+        }
+    };
+}
+
+driver!(packed::DriverQueue<&GuestMemoryMmap>);
+driver!(split::DriverQueue<&GuestMemoryMmap>);
+
+/// Fills the ring with `count` chains of `shape` and publishes them.
+fn refill(drv: &mut impl Driver, shape: Shape, count: u64) {
+    let mut elems = Vec::new();
+    for i in 0..count {
+        let base = DATA + i * 0x1000;
+        match shape {
+            Shape::Direct1 => drv.add(&[(base, 64)], &[]),
+            Shape::DirectN(n) | Shape::Indirect(n) => {
+                elems.clear();
+                elems.extend((0..n as u64).map(|k| (base + k * 16, 16u32)));
+                let (r, w) = elems.split_at(n / 2);
+                if let Shape::Indirect(_) = shape {
+                    drv.add_indirect(TABLES + i * 0x100, r, w);
+                } else {
+                    drv.add(r, w);
+                }
+            }
+        }
+    }
+    drv.publish();
+}
+
+/// One timed run of a device: pop, walk, push — `batch` chains completed
+/// per publish. The same body for both layouts.
+macro_rules! device_run {
+    ($layout:ident, $iters:expr, $shape:expr, $batch:expr) => {{
+        let (iters, shape, batch): (u64, Shape, usize) = ($iters, $shape, $batch);
+        let mem = memory();
+        let mut drv = $layout::DriverQueue::new(&mem, &config()).unwrap();
+        let mut dev = $layout::DeviceQueue::new(&mem, &config(), RingPosition::default()).unwrap();
+        let mut total = Duration::ZERO;
+        let mut done = 0;
+        let mut chains = Vec::with_capacity(batch);
+        while done < iters {
+            let n = shape.per_ring().min(iters - done);
+            refill(&mut drv, shape, n);
+            let start = Instant::now();
+            let mut left = n;
+            while left > 0 {
+                chains.clear();
+                while chains.len() < batch {
+                    match dev.pop().unwrap() {
+                        Some(c) => chains.push(c),
+                        None => break,
+                    }
+                }
+                for c in &chains {
+                    let mut bytes = 0u64;
+                    for d in dev.descriptors(c) {
+                        let d = d.unwrap();
+                        bytes += u64::from(d.len) + d.addr + u64::from(d.writable);
+                    }
+                    black_box(bytes);
+                    dev.add_used(c, 0).unwrap();
+                }
+                black_box(dev.publish_used());
+                left -= chains.len() as u64;
+            }
+            total += start.elapsed();
+            drv.drain();
+            done += n;
+        }
+        total
+    }};
+}
+
+fn bench(c: &mut Criterion) {
+    let cases: [(&str, Shape, usize); 4] = [
+        ("1-desc pop+push", Shape::Direct1, 1),
+        ("128-desc chain walk", Shape::DirectN(128), 1),
+        ("indirect 8 pop+walk+push", Shape::Indirect(8), 1),
+        ("1-desc batch 32", Shape::Direct1, 32),
+    ];
+    for (name, shape, batch) in cases {
+        let mut g = c.benchmark_group(format!("packed/{name}"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("packed", "per chain"), |b| {
+            b.iter_custom(|iters| device_run!(packed, iters, shape, batch));
+        });
+        g.bench_function(BenchmarkId::new("split", "per chain"), |b| {
+            b.iter_custom(|iters| device_run!(split, iters, shape, batch));
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

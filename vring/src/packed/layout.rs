@@ -177,12 +177,20 @@ impl Areas {
             });
         }
         let ring_len = slot_offset(size);
-        let ring = translate(mem, RingArea::Descriptors, config.desc_table, ring_len, 16)?;
+        let ring = translate(
+            mem,
+            RingArea::Descriptors,
+            config.desc_table,
+            ring_len,
+            16,
+            8,
+        )?;
         let driver_event = translate(
             mem,
             RingArea::Driver,
             config.driver_area,
             EVENT_SUPPRESS_SIZE,
+            4,
             4,
         )?;
         let device_event = translate(
@@ -190,6 +198,7 @@ impl Areas {
             RingArea::Device,
             config.device_area,
             EVENT_SUPPRESS_SIZE,
+            4,
             4,
         )?;
         Ok(Areas {
@@ -211,12 +220,18 @@ impl Areas {
     }
 
     /// Reads the whole descriptor at `slot` (call after the acquire load of
-    /// its flags, or of the flags of the list's head).
+    /// its flags, or of the flags of the list's head). Aligned loads: the
+    /// ring's host address is 8-byte aligned (checked at setup).
     #[inline]
     pub(crate) fn read_desc(&self, slot: u16) -> Option<RawDesc> {
-        self.ring
-            .read_bytes::<16>(slot_offset(slot))
-            .map(RawDesc::from_bytes)
+        let off = slot_offset(slot);
+        let r = &self.ring;
+        Some(RawDesc {
+            addr: r.load_u64(off, Ordering::Relaxed)?,
+            len: r.load_u32(off + DESC_LEN, Ordering::Relaxed)?,
+            id: r.load_u16(off + DESC_ID, Ordering::Relaxed)?,
+            flags: r.load_u16(off + DESC_FLAGS, Ordering::Relaxed)?,
+        })
     }
 
     /// Reads an event-suppression structure: `(flags, off_wrap)`. Flags first,
@@ -250,6 +265,7 @@ fn translate<M: crate::memory::GuestMemory>(
     addr: u64,
     len: usize,
     align: usize,
+    host_align: usize,
 ) -> Result<RawArea, Error> {
     if !addr.is_multiple_of(align as u64) {
         return Err(Error::Misaligned { area, addr, align });
@@ -261,9 +277,14 @@ fn translate<M: crate::memory::GuestMemory>(
             len: len as u64,
         })?
         .raw();
-    // The host mapping must allow the atomic accesses (u16 flags, u32 len).
-    if !raw.is_aligned(4) {
-        return Err(Error::Misaligned { area, addr, align });
+    // The host mapping must allow the aligned atomic accesses (u64 addr,
+    // u32 len, u16 flags; event areas u16).
+    if !raw.is_aligned(host_align) {
+        return Err(Error::Misaligned {
+            area,
+            addr,
+            align: host_align,
+        });
     }
     Ok(raw)
 }
