@@ -164,17 +164,29 @@ impl<H> Connection<H> {
                 | FrontendRequest::AddMemRegPostcopyAck { .. }
         );
         let detail = match &req {
+            // Spec §7.1: features are set from what GET_FEATURES / GET_PROTOCOL_FEATURES
+            // offered, so both sides agree on the layouts that depend on them.
             FrontendRequest::SetFeatures { features } => {
-                if self.features_known {
-                    self.neg.check_features(*features).map_err(not)?;
+                if !self.features_known {
+                    return Err(not(Rule::OfferUnknown));
                 }
+                self.neg.check_features(*features).map_err(not)?;
                 Detail::None
             }
             FrontendRequest::SetProtocolFeatures { features } => {
-                if self.protocol_known {
-                    self.neg.check_protocol_features(*features).map_err(not)?;
+                if !self.protocol_known {
+                    return Err(not(Rule::OfferUnknown));
                 }
+                self.neg.check_protocol_features(*features).map_err(not)?;
                 Detail::None
+            }
+            FrontendRequest::SetMemTablePostcopyAck { .. }
+            | FrontendRequest::AddMemRegPostcopyAck { .. }
+                if !self.postcopy =>
+            {
+                return Err(not(Rule::PostcopyOrder {
+                    state: "postcopy is not listening",
+                }));
             }
             FrontendRequest::GetVringBase { index } => Detail::VringIndex(*index),
             FrontendRequest::GetConfig { offset, size, .. } => Detail::Config {

@@ -180,3 +180,8 @@ where
 
 #[cfg(test)]
 mod seeds;
+
+mod session;
+pub use session::{backend_session, backend_session_replies, frontend_session, frontend_session_completions};
+#[cfg(test)]
+mod session_seeds;

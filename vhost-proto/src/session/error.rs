@@ -43,6 +43,9 @@ pub enum Rule {
         /// The bits not offered.
         extra: VirtioFeatures,
     },
+    /// SET_FEATURES / SET_PROTOCOL_FEATURES before the offer was read (spec §7.1).
+    #[error("the offer was not read yet (GET_FEATURES / GET_PROTOCOL_FEATURES first)")]
+    OfferUnknown,
     /// SET_PROTOCOL_FEATURES sets bits that were not offered (spec §7.1: a subset).
     #[error("protocol features {extra:?} were not offered")]
     UnofferedProtocolFeatures {
