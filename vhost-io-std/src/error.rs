@@ -180,3 +180,101 @@ impl From<OsError> for io::Error {
         io::Error::new(err.kind(), err)
     }
 }
+
+/// Why a back-end [`Server`](crate::backend::Server) or one of its
+/// connections stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A socket operation failed.
+    #[error("{op} failed: {source}")]
+    Io {
+        /// The operation (`"accept"`, `"recvmsg"`, `"sendmsg"`, ...).
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The front-end broke the protocol in a way that ends the connection
+    /// (bad framing, oversize message, wrong fd count, ...). Only that
+    /// connection is closed; a server keeps accepting new ones.
+    #[error("protocol error, connection closed: {0}")]
+    Protocol(#[from] vhost_proto::session::FatalError),
+    /// The socket path is in use by a listening server.
+    #[error("{path}: a server is listening on this socket")]
+    AddrInUse {
+        /// The path.
+        path: std::path::PathBuf,
+    },
+    /// The socket path exists and is not a socket: it is left alone.
+    #[error("{path}: exists and is not a socket")]
+    NotASocket {
+        /// The path.
+        path: std::path::PathBuf,
+    },
+}
+
+impl ServeError {
+    pub(crate) fn io(op: &'static str, source: impl Into<io::Error>) -> Self {
+        ServeError::Io {
+            op,
+            source: source.into(),
+        }
+    }
+}
+
+/// Why a [`Frontend`](crate::frontend::Frontend) request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// A socket operation failed.
+    #[error("{request}: {op} failed: {source}")]
+    Io {
+        /// The request being sent or answered.
+        request: vhost_proto::wire::FrontendReq,
+        /// The operation.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The back-end did not answer within the reply timeout. The connection
+    /// is out of step (a late reply may still come): close it.
+    #[error("{request}: no reply within the timeout")]
+    Timeout {
+        /// The request.
+        request: vhost_proto::wire::FrontendReq,
+    },
+    /// The back-end closed the connection.
+    #[error("{request}: the back-end closed the connection")]
+    Disconnected {
+        /// The request.
+        request: vhost_proto::wire::FrontendReq,
+    },
+    /// The back-end refused the request (a non-zero REPLY_ACK, or the
+    /// request's own failure reply).
+    #[error("{request}: refused by the back-end (value {value})")]
+    Refused {
+        /// The request.
+        request: vhost_proto::wire::FrontendReq,
+        /// The non-zero ack value (0 for a failure reply without one).
+        value: u64,
+    },
+    /// The reply could not be decoded, or answers another request.
+    #[error("{request}: bad reply: {reason}")]
+    BadReply {
+        /// The request.
+        request: vhost_proto::wire::FrontendReq,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The request could not be encoded (a value out of its wire range).
+    #[error("encoding failed: {0}")]
+    Encode(#[from] vhost_proto::wire::EncodeError),
+    /// Mapping shared memory or an eventfd operation failed.
+    #[error(transparent)]
+    Os(#[from] OsError),
+    /// The driver side of a ring failed.
+    #[error("driver ring: {0}")]
+    Ring(#[from] vring::Error),
+}

@@ -1,12 +1,20 @@
 //! vhost-user over blocking std Unix sockets.
 //!
-//! The [`os`] module holds the operating-system helpers that both IO crates
-//! (this one and `vhost-io-mio`) use: `sendmsg`/`recvmsg` with file
-//! descriptors, eventfds (or pipes), memfds and memory mappings. The blocking
-//! session bindings come with the rest of the issue.
+//! - [`backend`]: a [`Server`](backend::Server) that serves a
+//!   [`Device`](backend::Device) (listen on a path, connect to one, or an
+//!   fd already connected), one worker thread per started queue.
+//! - [`frontend`]: a blocking [`Frontend`](frontend::Frontend) client with one
+//!   method per request, reply timeouts, and memfd-backed guest memory for
+//!   front-ends that drive a back-end without a guest.
+//! - [`os`]: the operating-system helpers that both IO crates (this one and
+//!   `vhost-io-mio`) use: `sendmsg`/`recvmsg` with file descriptors, eventfds
+//!   (or pipes), memfds and memory mappings.
 #![deny(missing_docs)]
 
+pub mod backend;
+pub mod echo;
 pub mod error;
+pub mod frontend;
 pub mod os;
 
-pub use error::OsError;
+pub use error::{ClientError, OsError, ServeError};

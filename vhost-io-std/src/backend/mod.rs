@@ -1,0 +1,25 @@
+//! The back-end side: a blocking [`Server`] that serves a [`Device`] over a
+//! Unix socket, one worker thread per started queue.
+//!
+//! The server drives `vhost_proto::backend::Connection<OwnedFd>`: it reads
+//! the socket (`recvmsg` with SCM_RIGHTS), feeds the connection, writes what
+//! it wants to send, and acts on its events: maps guest memory
+//! ([`crate::os::mmap::MemoryMap`]), builds a `vring` split or packed device
+//! queue when a ring starts and hands it to a worker thread, stops the worker
+//! and reports its position when the ring stops, restarts workers on a new
+//! memory map, and asks the [`Device`] for the rest (config space, status,
+//! reset, ...). Inflight tracking (GET/SET_INFLIGHT_FD) is handled here for
+//! any device that offers INFLIGHT_SHMFD: recovered requests come first out
+//! of [`Queue::pop`].
+
+mod device;
+mod framing;
+mod queue;
+mod server;
+mod session;
+mod worker;
+
+pub use device::Device;
+pub use queue::{Chain, ChainReader, ChainWriter, Memory, Queue};
+pub use server::{Server, ServerHandle, Stopper};
+pub use session::Ended;

@@ -1,0 +1,274 @@
+//! Where connections come from (listen on a path, connect to one, an fd
+//! already connected) and the serve loop around them.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::ServeError;
+use crate::os::eventfd::EventFd;
+
+use super::device::Device;
+use super::session::{Ended, Session, wait_readable};
+
+/// A vhost-user back-end server: serves a [`Device`] to one front-end
+/// connection at a time, each in a fresh session (the device's own state
+/// carries over).
+///
+/// ```
+/// use std::os::unix::net::UnixStream;
+/// use vhost_io_std::backend::{Device, Queue, Server};
+/// use vhost_io_std::frontend::Frontend;
+/// use vhost_proto::backend::DeviceDescription;
+/// use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
+///
+/// struct Null;
+/// impl Device for Null {
+///     fn description(&self) -> DeviceDescription {
+///         DeviceDescription::new(VirtioFeatures::VERSION_1, ProtocolFeatures::REPLY_ACK, 1)
+///     }
+///     fn process_queue(&self, q: &mut Queue) -> Result<(), vring::Error> {
+///         while let Some(chain) = q.pop()? {
+///             q.add_used(&chain, 0)?;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// let dir = std::env::temp_dir().join(format!("vhost-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let path = dir.join("null.sock");
+/// let server = Server::bind(&path, Null)?.spawn()?;
+/// let mut front = Frontend::connect(&path)?;
+/// let features = front.get_features()?;
+/// assert!(features.contains(VirtioFeatures::VERSION_1));
+/// drop(front);
+/// server.stop()?;
+/// assert!(!path.exists()); // the server removed its socket
+/// # std::fs::remove_dir(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Server<D: Device> {
+    device: Arc<D>,
+    source: Source,
+    stop: EventFd,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// Accept connections; the path is removed when the server ends.
+    Listener(UnixListener, Option<PathBuf>),
+    /// Serve this one connection.
+    Stream(UnixStream),
+}
+
+impl<D: Device> Server<D> {
+    /// Listens on `path`. A stale socket file there (a socket nobody accepts
+    /// on) is removed first; a live socket is [`ServeError::AddrInUse`], any
+    /// other file [`ServeError::NotASocket`]. The socket file is removed
+    /// when the server ends.
+    pub fn bind(path: impl AsRef<Path>, device: D) -> Result<Self, ServeError> {
+        let path = path.as_ref();
+        remove_stale_socket(path)?;
+        let listener = UnixListener::bind(path).map_err(|e| ServeError::io("bind", e))?;
+        Self::with_source(Source::Listener(listener, Some(path.to_owned())), device)
+    }
+
+    /// Accepts connections on a listener the caller made.
+    pub fn from_listener(listener: UnixListener, device: D) -> Result<Self, ServeError> {
+        Self::with_source(Source::Listener(listener, None), device)
+    }
+
+    /// Connects to a front-end listening on `path` (QEMU's `server=on`) and
+    /// serves that one connection.
+    pub fn connect(path: impl AsRef<Path>, device: D) -> Result<Self, ServeError> {
+        let stream = UnixStream::connect(path).map_err(|e| ServeError::io("connect", e))?;
+        Self::from_stream(stream, device)
+    }
+
+    /// Serves one connection that is already open (the `--fd` convention,
+    /// spec §8, or one end of a socketpair).
+    pub fn from_stream(stream: UnixStream, device: D) -> Result<Self, ServeError> {
+        Self::with_source(Source::Stream(stream), device)
+    }
+
+    /// Serves the connected socket `fd` (the `--fd=FDNUM` convention).
+    pub fn from_fd(fd: OwnedFd, device: D) -> Result<Self, ServeError> {
+        Self::from_stream(UnixStream::from(fd), device)
+    }
+
+    fn with_source(source: Source, device: D) -> Result<Self, ServeError> {
+        let stop = EventFd::new(true).map_err(|e| ServeError::io("eventfd", e))?;
+        Ok(Server {
+            device: Arc::new(device),
+            source,
+            stop,
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<D> {
+        &self.device
+    }
+
+    /// Serves until stopped: a listening server accepts one connection after
+    /// another (a connection that breaks the protocol is closed and logged,
+    /// and the next one is served); a connected server returns when its
+    /// connection ends.
+    pub fn serve(self) -> Result<(), ServeError> {
+        match &self.source {
+            Source::Stream(s) => serve_one(&self.device, s, &self.stop).map(drop),
+            Source::Listener(l, _) => loop {
+                if wait_readable(l, &self.stop)? {
+                    return Ok(());
+                }
+                let stream = match l.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) if transient(&e) => continue,
+                    Err(e) => return Err(ServeError::io("accept", e)),
+                };
+                match serve_one(&self.device, &stream, &self.stop) {
+                    Ok(Ended::Stopped) => return Ok(()),
+                    Ok(Ended::Disconnected) => log::debug!("vhost-io-std: front-end disconnected"),
+                    Err(e) => log::warn!("vhost-io-std: connection closed: {e}"),
+                }
+            },
+        }
+    }
+
+    /// Runs [`serve`](Self::serve) in a thread; the handle stops it.
+    pub fn spawn(self) -> Result<ServerHandle, ServeError> {
+        let stop = self
+            .stop
+            .try_clone()
+            .map_err(|e| ServeError::io("dup", e))?;
+        let thread = std::thread::Builder::new()
+            .name("vhost-server".into())
+            .spawn(move || self.serve())
+            .map_err(|e| ServeError::io("spawn", e))?;
+        Ok(ServerHandle { stop, thread })
+    }
+
+    /// A handle that stops [`serve`](Self::serve) from another thread.
+    pub fn stopper(&self) -> Result<Stopper, ServeError> {
+        let stop = self
+            .stop
+            .try_clone()
+            .map_err(|e| ServeError::io("dup", e))?;
+        Ok(Stopper { stop })
+    }
+}
+
+impl<D: Device> Drop for Server<D> {
+    fn drop(&mut self) {
+        if let Source::Listener(_, Some(path)) = &self.source
+            && let Err(e) = std::fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            log::warn!("vhost-io-std: cannot remove {}: {e}", path.display());
+        }
+    }
+}
+
+fn serve_one<D: Device>(
+    device: &Arc<D>,
+    stream: &UnixStream,
+    stop: &EventFd,
+) -> Result<Ended, ServeError> {
+    Session::new(Arc::clone(device)).run(stream, stop)
+}
+
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Removes `path` if it is a socket nobody accepts on.
+fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ServeError::io("stat", e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServeError::NotASocket {
+            path: path.to_owned(),
+        });
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(ServeError::AddrInUse {
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            log::info!("vhost-io-std: removing stale socket {}", path.display());
+            std::fs::remove_file(path).map_err(|e| ServeError::io("unlink", e))
+        }
+        Err(e) => Err(ServeError::io("connect", e)),
+    }
+}
+
+/// Stops a [`Server`] from another thread (cloneable through
+/// [`Server::stopper`]).
+#[derive(Debug)]
+pub struct Stopper {
+    stop: EventFd,
+}
+
+impl Stopper {
+    /// Asks the server to stop: the connection being served is closed (its
+    /// workers stopped first) and `serve` returns.
+    pub fn stop(&self) -> Result<(), ServeError> {
+        self.stop
+            .signal()
+            .map_err(|e| ServeError::io("eventfd write", e))
+    }
+}
+
+/// A server running in its own thread.
+#[derive(Debug)]
+pub struct ServerHandle {
+    stop: EventFd,
+    thread: JoinHandle<Result<(), ServeError>>,
+}
+
+impl ServerHandle {
+    /// Stops the server and waits for it: the current connection is closed,
+    /// every queue worker has exited, the socket file is removed. Returns
+    /// what `serve` returned.
+    pub fn stop(self) -> Result<(), ServeError> {
+        self.stop
+            .signal()
+            .map_err(|e| ServeError::io("eventfd write", e))?;
+        self.join()
+    }
+
+    /// Waits for the server to end by itself (a connected server whose
+    /// connection ended).
+    pub fn join(self) -> Result<(), ServeError> {
+        match self.thread.join() {
+            Ok(r) => r,
+            Err(_) => Err(ServeError::io(
+                "join",
+                io::Error::other("server thread panicked"),
+            )),
+        }
+    }
+
+    /// Whether the server thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+impl AsFd for Stopper {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stop.write_fd()
+    }
+}

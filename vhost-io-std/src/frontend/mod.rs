@@ -1,0 +1,16 @@
+//! The front-end side: a blocking [`Frontend`] client (one method per
+//! request, reply timeouts, client or server role), and [`GuestRam`]:
+//! memfd-backed guest memory shared with the back-end, with ring layout
+//! helpers for a front-end that drives queues itself (tests, probes,
+//! benches).
+
+mod client;
+mod driver;
+mod memory;
+
+pub use client::{DEFAULT_REPLY_TIMEOUT, Frontend};
+pub use driver::DriverRing;
+pub use memory::{GuestRam, packed_ring, split_ring};
+
+/// The guest memory driver rings work in.
+pub type Memory = std::sync::Arc<vm_memory::GuestMemoryMmap>;
