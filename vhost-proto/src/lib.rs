@@ -45,6 +45,7 @@
 //!
 //! Wire module layout: see [`wire`] (header, codes, layouts, flags, typed values, context,
 //! size/fd rules, requests, replies, decoder, encoder, errors).
+#![doc = include_str!("../docs/sessions.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(clippy::indexing_slicing)]

@@ -291,7 +291,7 @@ pub enum ApiError {
     Closed,
 }
 
-/// Which of the three classes an [`Error`] is.
+/// Which of the three classes an [`Error`](enum@Error) is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorClass {
     /// Close the connection.
