@@ -212,3 +212,31 @@ fn memory_regions_added_and_removed_while_running() {
     drop(front);
     server.join().unwrap();
 }
+
+#[test]
+fn a_frontend_that_disconnects_mid_io_is_followed_by_a_new_session() {
+    use vhost_io_std::backend::Server;
+    use vhost_io_std::echo::Echo;
+    use vhost_io_std::frontend::Frontend;
+    let dir = std::env::temp_dir().join(format!("vhost-std-reconnect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("echo.sock");
+    let server = Server::bind(&path, Echo::new(2)).unwrap().spawn().unwrap();
+    for round in 0..3u8 {
+        let ram = GuestRam::new(0, RAM).unwrap();
+        let mut front = Frontend::connect(&path).unwrap();
+        handshake(&mut front, &ram, round % 2 == 1, true);
+        let mut ring = start_ring(&mut front, &ram, 0, 0, 64, round % 2 == 1, true);
+        echo_through(&mut ring, &ram, 20, 64, round);
+        // Requests in flight, then the front-end vanishes without stopping
+        // the ring.
+        for k in 0..16u64 {
+            ring.add(&[(BUFS + k * 128, 64)], &[(BUFS + k * 128 + 64, 64)])
+                .unwrap();
+        }
+        ring.kick().unwrap();
+        drop(front);
+    }
+    server.stop().unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+}
