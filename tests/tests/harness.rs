@@ -40,7 +40,8 @@ fn child_is_gone_after_drop() {
     let peer = Peer::spawn("sleep", sh("sleep 1000")).unwrap();
     let pid = peer.pid();
     assert!(tests::process_exists(pid));
-    assert_eq!(tests::group_members(pid), vec![pid]);
+    // `sh` may or may not have forked `sleep` yet: the group holds the child at least.
+    assert!(tests::group_members(pid).contains(&pid));
     drop(peer);
     tests::assert_peers_gone(&[pid]);
 }
