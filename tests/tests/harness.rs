@@ -56,7 +56,7 @@ fn whole_group_is_gone_after_drop_even_when_the_test_panics() {
             Peer::spawn("sleepers", sh("sleep 1000 & echo started; sleep 1000")).unwrap();
         pid.store(peer.pid(), Ordering::SeqCst);
         peer.wait_for_output("started", LONG).unwrap();
-        assert_eq!(tests::group_members(peer.pid()).len(), 2);
+        assert!(tests::group_members(peer.pid()).len() >= 2);
         panic!("the test fails while its peer runs");
     }));
     assert!(result.is_err());
