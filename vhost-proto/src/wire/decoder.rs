@@ -28,7 +28,8 @@ pub trait WireMessage: Sized {
     type Handle;
     /// The request code type of the stream's code space.
     type Code: Copy + Debug + Eq + Into<u32> + Into<ReqCode>;
-    /// Whether the stream carries replies (flags exactly `0x5`) rather than requests.
+    /// Whether the stream carries replies (flags `0x5`; an echoed NEED_REPLY is tolerated and
+    /// masked) rather than requests.
     const IS_REPLY: bool;
 
     /// The code for a raw header value, or `None` if unknown.
@@ -233,7 +234,7 @@ impl<'a, H> Input<'a, H> {
 pub struct Received<M: WireMessage> {
     /// The header's request code (for a reply: the request it answers).
     pub code: M::Code,
-    /// The header's flags.
+    /// The header's flags (a reply's are always `0x5`: an echoed NEED_REPLY is masked).
     pub flags: HeaderFlags,
     /// The typed message with its handles.
     pub message: M,
@@ -487,19 +488,29 @@ impl<M: WireMessage> Decoder<M> {
                 flags: h.flags,
             }));
         }
-        if M::IS_REPLY {
-            if flags != HeaderFlags::reply() {
+        let flags = if M::IS_REPLY {
+            // Peer difference: libvhost-user (qemu-storage-daemon 7.2 and 10.0) echoes the
+            // request's NEED_REPLY bit in its GET_FEATURES and GET_CONFIG replies: flags 0xd where
+            // the spec reference (§2) says a reply carries exactly 0x5
+            // (tests/data/transcripts/qsd-*-handshake-need-reply.txt). A reply never asks for an
+            // ack, so the echoed bit means nothing: accept it and report the reply as 0x5 (so
+            // decode → encode → decode stays exact). Every other deviation stays fatal, and our
+            // encoders keep sending exactly 0x5.
+            if flags.difference(HeaderFlags::NEED_REPLY) != HeaderFlags::reply() {
                 return Err(self.poison(DecodeError::BadReplyFlags {
                     code,
                     flags: h.flags,
                 }));
             }
+            HeaderFlags::reply()
         } else if flags.is_reply() {
             return Err(self.poison(DecodeError::ReplyFlagOnRequest {
                 code,
                 flags: h.flags,
             }));
-        }
+        } else {
+            flags
+        };
         if h.size as usize > MAX_PAYLOAD_SIZE {
             return Err(self.poison(DecodeError::PayloadTooLarge {
                 code,

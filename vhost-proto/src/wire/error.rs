@@ -63,7 +63,8 @@ pub enum DecodeError {
         /// The flags word.
         flags: u32,
     },
-    /// Fatal: a reply's flags are not exactly `0x5` (spec §2).
+    /// Fatal: a reply's flags are not `0x5` (spec §2) once an echoed NEED_REPLY is masked
+    /// (libvhost-user echoes it; see `tests/data/transcripts/README.md`).
     #[error("reply to {code}: flags {flags:#x}, a reply must carry exactly 0x5")]
     BadReplyFlags {
         /// Raw request code.
