@@ -107,8 +107,18 @@ pub struct Descriptors<'a, M: ?Sized> {
     table_len: u32,
     total: u64,
     seen_writable: bool,
-    pending_error: Option<Error>,
+    /// An error to report first (kept small: the iterator is built per
+    /// buffer on the hot path).
+    pending: Pending,
     done: bool,
+}
+
+/// An error known when the iterator is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    None,
+    Overwritten(u16),
+    NoRegion,
 }
 
 impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
@@ -124,16 +134,14 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
         indirect_ok: bool,
         stale: bool,
     ) -> Self {
-        let mut pending_error = None;
+        let mut pending = Pending::None;
         let source = match (chain.recovered, inflight) {
             (true, Some(region)) => Source::Inflight {
                 region,
                 entry: chain.inflight,
             },
             (true, None) => {
-                pending_error = Some(Error::InvalidInflight {
-                    reason: "recovered chain without an inflight region",
-                });
+                pending = Pending::NoRegion;
                 Source::Ring {
                     areas,
                     slot: chain.head_slot,
@@ -141,7 +149,7 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
             }
             (false, _) => {
                 if stale {
-                    pending_error = Some(Error::ChainOverwritten { id: chain.id });
+                    pending = Pending::Overwritten(chain.id);
                 }
                 Source::Ring {
                     areas,
@@ -162,13 +170,14 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
             table_len: 0,
             total: 0,
             seen_writable: false,
-            pending_error,
+            pending,
             done: false,
         }
     }
 
     /// The next direct descriptor of the list, from the ring or the inflight
     /// copies.
+    #[inline]
     fn next_direct(&mut self) -> Result<Option<RawDesc>, Error> {
         if let Some(head) = self.head.take() {
             return Ok(Some(head));
@@ -199,6 +208,7 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
     }
 
     /// Turns a raw element into a [`Descriptor`], checking the framing rules.
+    #[inline]
     fn element(&mut self, addr: u64, len: u32, flags: u16) -> Result<Descriptor, Error> {
         if addr.checked_add(u64::from(len)).is_none() {
             return Err(Error::AddressOverflow {
@@ -223,9 +233,16 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
         })
     }
 
+    #[inline]
     fn step(&mut self) -> Result<Option<Descriptor>, Error> {
-        if let Some(e) = self.pending_error.take() {
-            return Err(e);
+        match std::mem::replace(&mut self.pending, Pending::None) {
+            Pending::None => {}
+            Pending::Overwritten(id) => return Err(Error::ChainOverwritten { id }),
+            Pending::NoRegion => {
+                return Err(Error::InvalidInflight {
+                    reason: "recovered chain without an inflight region",
+                });
+            }
         }
         loop {
             if let Some(table) = self.table {

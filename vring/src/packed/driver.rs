@@ -194,9 +194,7 @@ impl<M: GuestMemory> DriverQueue<M> {
     fn put(&mut self, d: RawDesc) {
         let flags = d.flags | avail_bits(self.avail.wrap);
         let off = slot_offset(self.avail.slot);
-        self.areas
-            .ring
-            .write_bytes::<14>(off, first_14(d.to_bytes()));
+        self.areas.write_desc_body(self.avail.slot, &d);
         if self.batch_first.is_none() {
             self.batch_first = Some((self.avail.slot, flags));
         } else {
@@ -422,10 +420,4 @@ impl<M: GuestMemory> DriverQueue<M> {
     pub fn disable_interrupts(&mut self) {
         Areas::write_event(&self.areas.driver_event, EVENT_FLAGS_DISABLE, None);
     }
-}
-
-fn first_14(b: [u8; 16]) -> [u8; 14] {
-    let mut out = [0u8; 14];
-    out.copy_from_slice(b.get(..14).unwrap_or(&[0; 14]));
-    out
 }

@@ -225,13 +225,24 @@ impl Areas {
     #[inline]
     pub(crate) fn read_desc(&self, slot: u16) -> Option<RawDesc> {
         let off = slot_offset(slot);
-        let r = &self.ring;
+        let lo = self.ring.load_u64(off, Ordering::Relaxed)?;
+        let hi = self.ring.load_u64(off + DESC_LEN, Ordering::Relaxed)?;
         Some(RawDesc {
-            addr: r.load_u64(off, Ordering::Relaxed)?,
-            len: r.load_u32(off + DESC_LEN, Ordering::Relaxed)?,
-            id: r.load_u16(off + DESC_ID, Ordering::Relaxed)?,
-            flags: r.load_u16(off + DESC_FLAGS, Ordering::Relaxed)?,
+            addr: lo,
+            len: hi as u32,
+            id: (hi >> 32) as u16,
+            flags: (hi >> 48) as u16,
         })
+    }
+
+    /// Writes addr, len and id of the descriptor at `slot`, not its flags.
+    #[inline]
+    pub(crate) fn write_desc_body(&self, slot: u16, d: &RawDesc) {
+        let off = slot_offset(slot);
+        let r = &self.ring;
+        r.store_u64(off, d.addr, Ordering::Relaxed);
+        r.store_u32(off + DESC_LEN, d.len, Ordering::Relaxed);
+        r.store_u16(off + DESC_ID, d.id, Ordering::Relaxed);
     }
 
     /// Reads an event-suppression structure: `(flags, off_wrap)`. Flags first,
