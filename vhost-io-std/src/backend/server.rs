@@ -2,7 +2,7 @@
 //! already connected) and the serve loop around them.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::ServeError;
-use crate::os::eventfd::EventFd;
 
 use super::device::Device;
-use super::session::{Ended, Session, wait_readable};
+use super::session::{Ended, Session, StopSignal, wait_readable};
 
 /// A vhost-user back-end server: serves a [`Device`] to one front-end
 /// connection at a time, each in a fresh session (the device's own state
@@ -56,7 +55,7 @@ use super::session::{Ended, Session, wait_readable};
 pub struct Server<D: Device> {
     device: Arc<D>,
     source: Source,
-    stop: EventFd,
+    stop: Arc<StopSignal>,
 }
 
 #[derive(Debug)]
@@ -103,11 +102,10 @@ impl<D: Device> Server<D> {
     }
 
     fn with_source(source: Source, device: D) -> Result<Self, ServeError> {
-        let stop = EventFd::new(true).map_err(|e| ServeError::io("eventfd", e))?;
         Ok(Server {
             device: Arc::new(device),
             source,
-            stop,
+            stop: Arc::new(StopSignal::new()?),
         })
     }
 
@@ -124,7 +122,7 @@ impl<D: Device> Server<D> {
         match &self.source {
             Source::Stream(s) => serve_one(&self.device, s, &self.stop).map(drop),
             Source::Listener(l, _) => loop {
-                if wait_readable(l, &self.stop)? {
+                if wait_readable(l, self.stop.event())? {
                     return Ok(());
                 }
                 let stream = match l.accept() {
@@ -143,10 +141,7 @@ impl<D: Device> Server<D> {
 
     /// Runs [`serve`](Self::serve) in a thread; the handle stops it.
     pub fn spawn(self) -> Result<ServerHandle, ServeError> {
-        let stop = self
-            .stop
-            .try_clone()
-            .map_err(|e| ServeError::io("dup", e))?;
+        let stop = Arc::clone(&self.stop);
         let thread = std::thread::Builder::new()
             .name("vhost-server".into())
             .spawn(move || self.serve())
@@ -155,12 +150,10 @@ impl<D: Device> Server<D> {
     }
 
     /// A handle that stops [`serve`](Self::serve) from another thread.
-    pub fn stopper(&self) -> Result<Stopper, ServeError> {
-        let stop = self
-            .stop
-            .try_clone()
-            .map_err(|e| ServeError::io("dup", e))?;
-        Ok(Stopper { stop })
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            stop: Arc::clone(&self.stop),
+        }
     }
 }
 
@@ -178,7 +171,7 @@ impl<D: Device> Drop for Server<D> {
 fn serve_one<D: Device>(
     device: &Arc<D>,
     stream: &UnixStream,
-    stop: &EventFd,
+    stop: &StopSignal,
 ) -> Result<Ended, ServeError> {
     Session::new(Arc::clone(device)).run(stream, stop)
 }
@@ -214,27 +207,24 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
     }
 }
 
-/// Stops a [`Server`] from another thread (cloneable through
-/// [`Server::stopper`]).
-#[derive(Debug)]
+/// Stops a [`Server`] from another thread (see [`Server::stopper`]).
+#[derive(Debug, Clone)]
 pub struct Stopper {
-    stop: EventFd,
+    stop: Arc<StopSignal>,
 }
 
 impl Stopper {
     /// Asks the server to stop: the connection being served is closed (its
     /// workers stopped first) and `serve` returns.
     pub fn stop(&self) -> Result<(), ServeError> {
-        self.stop
-            .signal()
-            .map_err(|e| ServeError::io("eventfd write", e))
+        self.stop.fire()
     }
 }
 
 /// A server running in its own thread.
 #[derive(Debug)]
 pub struct ServerHandle {
-    stop: EventFd,
+    stop: Arc<StopSignal>,
     thread: JoinHandle<Result<(), ServeError>>,
 }
 
@@ -243,9 +233,7 @@ impl ServerHandle {
     /// every queue worker has exited, the socket file is removed. Returns
     /// what `serve` returned.
     pub fn stop(self) -> Result<(), ServeError> {
-        self.stop
-            .signal()
-            .map_err(|e| ServeError::io("eventfd write", e))?;
+        self.stop.fire()?;
         self.join()
     }
 
@@ -264,11 +252,5 @@ impl ServerHandle {
     /// Whether the server thread has ended.
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
-    }
-}
-
-impl AsFd for Stopper {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.stop.write_fd()
     }
 }

@@ -45,7 +45,7 @@ enum Slot {
     Idle,
     Running(Worker),
     /// Stopped by the session (broken memory): keeps its position.
-    Parked(Queue),
+    Parked(Box<Queue>),
 }
 
 /// The inflight buffer handed over with SET_INFLIGHT_FD (spec §7.12).
@@ -83,26 +83,41 @@ impl<D: Device> Session<D> {
 
     /// Serves `stream` until the front-end disconnects, `stop` is signalled,
     /// or the connection fails. Workers are stopped before returning.
-    pub(crate) fn run(mut self, stream: &UnixStream, stop: &EventFd) -> Result<Ended, ServeError> {
+    pub(crate) fn run(
+        mut self,
+        stream: &UnixStream,
+        stop: &StopSignal,
+    ) -> Result<Ended, ServeError> {
         let r = self.serve(stream, stop);
         self.shutdown();
         r
     }
 
-    fn serve(&mut self, stream: &UnixStream, stop: &EventFd) -> Result<Ended, ServeError> {
+    fn serve(&mut self, stream: &UnixStream, stop: &StopSignal) -> Result<Ended, ServeError> {
         let mut buf = vec![0u8; READ_BUF];
         let mut framer = Framer::default();
+        // A blocking recvmsg per message, no poll: `stop` shuts the socket
+        // down to wake it.
+        let _registered = stop.register(stream)?;
+        if stop.fired() {
+            return Ok(Ended::Stopped);
+        }
         loop {
-            if wait_readable(stream, stop)? {
-                return Ok(Ended::Stopped);
-            }
             let room = self.conn.input_room().clamp(1, buf.len());
             let mut fds = Vec::new();
             let read = buf.get_mut(..room).unwrap_or_default();
             let n = match recv_with_fds(stream, read, &mut fds) {
+                Ok(0) if stop.fired() => return Ok(Ended::Stopped),
                 Ok(0) => return Ok(Ended::Disconnected),
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                     return Ok(Ended::Disconnected);
                 }
@@ -336,7 +351,7 @@ impl<D: Device> Session<D> {
                 .unwrap_or_default();
             let queue = match slot {
                 Slot::Running(w) => w.stop(),
-                Slot::Parked(q) => Some(q),
+                Slot::Parked(q) => Some(*q),
                 Slot::Idle => None,
             };
             let Some(mut q) = queue else { continue };
@@ -354,7 +369,7 @@ impl<D: Device> Session<D> {
 
     fn park(&mut self, q: Queue) {
         if let Some(s) = self.slots.get_mut(usize::from(q.index())) {
-            *s = Slot::Parked(q);
+            *s = Slot::Parked(Box::new(q));
         }
     }
 
@@ -501,7 +516,7 @@ impl<D: Device> Session<D> {
         let slot = self.slots.get_mut(usize::from(index)).map(std::mem::take)?;
         match slot {
             Slot::Running(w) => w.stop(),
-            Slot::Parked(q) => Some(q),
+            Slot::Parked(q) => Some(*q),
             Slot::Idle => None,
         }
     }
@@ -594,6 +609,80 @@ fn new_inflight(
             log::warn!("vhost-io-std: cannot allocate the inflight buffer: {e}");
             Err(Refused::because("cannot allocate the inflight buffer"))
         }
+    }
+}
+
+/// The stop request shared by a server, its connection loop and its
+/// stoppers: an eventfd (never consumed, so every waiter sees it) that wakes
+/// the accept loop, and the connection being served, shut down to wake its
+/// blocking `recvmsg`.
+#[derive(Debug)]
+pub(crate) struct StopSignal {
+    event: EventFd,
+    current: Mutex<Option<UnixStream>>,
+}
+
+/// Unregisters the connection when serving it ends.
+pub(crate) struct Registered<'a>(&'a StopSignal);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+impl StopSignal {
+    pub(crate) fn new() -> Result<Self, ServeError> {
+        Ok(StopSignal {
+            event: EventFd::new(true).map_err(|e| ServeError::io("eventfd", e))?,
+            current: Mutex::new(None),
+        })
+    }
+
+    /// The eventfd the accept loop polls.
+    pub(crate) fn event(&self) -> &EventFd {
+        &self.event
+    }
+
+    /// Whether stop was requested (a zero-timeout poll, nothing consumed).
+    pub(crate) fn fired(&self) -> bool {
+        let mut fds = [PollFd::from_borrowed_fd(
+            self.event.read_fd(),
+            PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+    }
+
+    /// Makes `stream` the connection a stop request shuts down.
+    pub(crate) fn register(&self, stream: &UnixStream) -> Result<Registered<'_>, ServeError> {
+        let dup = stream.try_clone().map_err(|e| ServeError::io("dup", e))?;
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(dup);
+        Ok(Registered(self))
+    }
+
+    /// Requests the stop: wakes the accept loop and the connection.
+    pub(crate) fn fire(&self) -> Result<(), ServeError> {
+        self.event
+            .signal()
+            .map_err(|e| ServeError::io("eventfd write", e))?;
+        if let Some(s) = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            // ENOTCONN if the peer is already gone: nothing to wake then.
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        Ok(())
     }
 }
 
