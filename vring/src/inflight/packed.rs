@@ -348,7 +348,7 @@ impl PackedInflight {
             return Err(bad("used index outside the queue"));
         }
         if used != old {
-            let flags = areas.load_flags(old.slot);
+            let flags = areas.load_flags(old.slot).unwrap_or(0);
             if !is_avail(flags, old.wrap) {
                 // The batch's first used descriptor reached the guest.
                 a.store_u16(OLD_FREE_HEAD, self.load(FREE_HEAD), Relaxed);

@@ -182,7 +182,13 @@ impl<M: GuestMemory> DeviceQueue<M> {
     pub fn pop(&mut self) -> Result<Option<AvailChain>, Error> {
         let size = self.config.size;
         let head_slot = self.avail.slot;
-        let flags = self.areas.load_flags(head_slot);
+        let flags = self
+            .areas
+            .load_flags(head_slot)
+            .ok_or(Error::HeadOutOfRange {
+                head: head_slot,
+                size,
+            })?;
         if !is_avail(flags, self.avail.wrap) {
             return Ok(None);
         }
@@ -214,7 +220,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
             // The driver flags a list's head last (virtqueue spec §3.4), so
             // after the head's acquire the rest of the list is visible; a
             // slot that is not available is a malformed list.
-            let f = self.areas.load_flags(pos.slot);
+            let f = self.areas.load_flags(pos.slot).unwrap_or(0);
             if !is_avail(f, pos.wrap) {
                 return Err(Error::DescriptorNotAvailable { slot: pos.slot });
             }
@@ -384,10 +390,10 @@ impl<M: GuestMemory> DeviceQueue<M> {
             self.write_device_event(EVENT_FLAGS_ENABLE, None);
         }
         fence(Ordering::SeqCst);
-        Ok(is_avail(
-            self.areas.load_flags(self.avail.slot),
-            self.avail.wrap,
-        ))
+        Ok(self
+            .areas
+            .load_flags(self.avail.slot)
+            .is_some_and(|f| is_avail(f, self.avail.wrap)))
     }
 
     /// Asks the driver not to kick (DISABLE).

@@ -318,7 +318,9 @@ impl<M: GuestMemory> DriverQueue<M> {
         }
         let size = self.config.size;
         let off = slot_offset(self.used.slot);
-        let flags = self.areas.load_flags(self.used.slot);
+        let Some(flags) = self.areas.load_flags(self.used.slot) else {
+            return Ok(None);
+        };
         if !is_used(flags, self.used.wrap) {
             return Ok(None);
         }
@@ -413,7 +415,9 @@ impl<M: GuestMemory> DriverQueue<M> {
             Areas::write_event(&self.areas.driver_event, EVENT_FLAGS_ENABLE, None);
         }
         fence(Ordering::SeqCst);
-        is_used(self.areas.load_flags(self.used.slot), self.used.wrap)
+        self.areas
+            .load_flags(self.used.slot)
+            .is_some_and(|f| is_used(f, self.used.wrap))
     }
 
     /// Asks the device not to notify (DISABLE).

@@ -211,12 +211,11 @@ impl Areas {
     /// Acquire-loads the flags of slot `slot` (the load that publishes a
     /// descriptor, virtqueue spec §3.4/§3.5).
     #[inline]
-    pub(crate) fn load_flags(&self, slot: u16) -> u16 {
-        // Out of bounds cannot happen for slot < size (checked at setup); a
-        // failed access reads as "neither available nor used".
+    pub(crate) fn load_flags(&self, slot: u16) -> Option<u16> {
+        // `None` only for a slot beyond the ring (positions are kept below
+        // the size, so callers treat it as an error or "nothing there").
         self.ring
             .load_u16(slot_offset(slot) + DESC_FLAGS, Ordering::Acquire)
-            .unwrap_or(DESC_F_AVAIL)
     }
 
     /// Reads the whole descriptor at `slot` (call after the acquire load of
