@@ -156,7 +156,7 @@ fn run(reply_ack: bool, steps: &[(Req, Hostility, usize)]) {
                 let ack_only = matches!(r, Req::SetOwner | Req::SetVringNum);
                 // A NACK is fine for an ack; for a body it is a wrong reply (size or shape).
                 (
-                    raw(code, 5, &1u64.to_ne_bytes()),
+                    raw(code, 5, &9u64.to_ne_bytes()),
                     0,
                     !ack_only && !matches!(r, Req::GetFeatures),
                 )
@@ -169,7 +169,8 @@ fn run(reply_ack: bool, steps: &[(Req, Hostility, usize)]) {
                 (raw(code, 5, &p), f, true)
             }
             (Hostility::ExtraFd, Some((code, p, f))) => (raw(code, 5, &p), f + 2, true),
-            (Hostility::WrongFlags, Some((code, p, f))) => (raw(code, 0xd, &p), f, true),
+            // 0xd (NEED_REPLY echoed) is tolerated like libvhost-user's replies; version 3 is not.
+            (Hostility::WrongFlags, Some((code, p, f))) => (raw(code, 0x7, &p), f, true),
             (Hostility::Unsolicited, Some((code, p, f))) => {
                 let mut b = raw(code, 5, &p);
                 b.extend(raw(code, 5, &p));
@@ -229,7 +230,7 @@ fn run(reply_ack: bool, steps: &[(Req, Hostility, usize)]) {
             (_, None) => assert!(ev.is_none()),
             (Hostility::Nack, Some(_)) if !matches!(r, Req::GetFeatures) => {
                 assert!(
-                    matches!(ev, Some(Event::Nacked { id: got, value: 1, .. }) if got == id),
+                    matches!(ev, Some(Event::Nacked { id: got, value: 9, .. }) if got == id),
                     "{ev:?}"
                 )
             }

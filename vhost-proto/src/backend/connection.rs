@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use crate::session::inbox::Inbox;
 use crate::session::ticket::{Ticket, new_session_id};
 use crate::session::{
-    ApiError, FatalError, MAX_BUFFERED_INPUT, MAX_PENDING_EVENTS, MAX_PENDING_TRANSMITS,
-    Negotiated, Rejection, Rule, Transmit, has_reply_body,
+    ApiError, FatalError, MAX_PENDING_EVENTS, MAX_PENDING_TRANSMITS, Negotiated, Rejection, Rule,
+    Transmit, has_reply_body,
 };
 use crate::wire::{
     ConfigFlags, CryptoSession, DecodeContext, DecodeError, DeviceStatus, Encoded, FrontendReply,
@@ -212,13 +212,10 @@ impl<H> Connection<H> {
         e
     }
 
-    /// How many more input bytes may be fed now without a [`FatalError::InputOverflow`].
+    /// How many more input bytes may be fed now without a [`FatalError::InputOverflow`]
+    /// (0 also when the buffered fds near their bound: stop reading until it grows).
     pub fn input_room(&self) -> usize {
-        if self.closed {
-            0
-        } else {
-            MAX_BUFFERED_INPUT.saturating_sub(self.inbox.len())
-        }
+        if self.closed { 0 } else { self.inbox.room() }
     }
 
     /// Whether an answer token is outstanding (no request is processed until it is answered).

@@ -176,15 +176,24 @@ impl<H> Connection<H> {
                     .push_back(Event::MemoryTable { regions, answer });
             }
             Q::SetMemTablePostcopyAck { value } | Q::AddMemRegPostcopyAck { value } => {
-                if !self.postcopy_ack_pending {
-                    return Err(Rule::UnexpectedPostcopyAck.into());
-                }
-                self.postcopy_ack_pending = false;
-                if value != 0 {
-                    return Err(Rule::Refused {
+                // The front-end's acknowledgement never gets a memory-table reply, even when
+                // refused: only a NACK if it asked for one.
+                let rule = if !self.postcopy_ack_pending {
+                    Some(Rule::UnexpectedPostcopyAck)
+                } else if value != 0 {
+                    Some(Rule::Refused {
                         reason: Some("front-end reported a postcopy memory failure"),
+                    })
+                } else {
+                    None
+                };
+                self.postcopy_ack_pending = false;
+                if let Some(rule) = rule {
+                    if need {
+                        self.push_raw_u64(code.raw(), 1);
                     }
-                    .into());
+                    self.push_rejection(crate::session::Rejection::frontend(code, rule, need));
+                    return Ok(());
                 }
                 self.events.push_back(Event::PostcopyMemoryReady);
                 self.done(code, need);

@@ -7,8 +7,8 @@ use crate::backend::Refused;
 use crate::session::inbox::Inbox;
 use crate::session::ticket::{Ticket, new_session_id};
 use crate::session::{
-    ApiError, FatalError, MAX_BUFFERED_INPUT, MAX_PENDING_EVENTS, MAX_PENDING_TRANSMITS,
-    Negotiated, Rejection, Rule, Transmit,
+    ApiError, FatalError, MAX_PENDING_EVENTS, MAX_PENDING_TRANSMITS, Negotiated, Rejection, Rule,
+    Transmit,
 };
 use crate::wire::{
     BackendReply, BackendReq, BackendRequest, BackendRequestDecoder, DecodeError, Encoded,
@@ -110,11 +110,7 @@ impl<H> Channel<H> {
 
     /// How many more input bytes may be fed now.
     pub fn input_room(&self) -> usize {
-        if self.closed {
-            0
-        } else {
-            MAX_BUFFERED_INPUT.saturating_sub(self.inbox.len())
-        }
+        if self.closed { 0 } else { self.inbox.room() }
     }
 
     /// The next message to write.

@@ -73,6 +73,8 @@ pub struct Connection<H> {
     queue_num: Option<u64>,
     max_mem_slots: Option<u64>,
     postcopy: bool,
+    postcopy_advised: bool,
+    memory_ack_due: bool,
     decoder: FrontendReplyDecoder<H>,
     queue: VecDeque<Queued<H>>,
     outstanding: Option<Outstanding>,
@@ -98,6 +100,8 @@ impl<H> Connection<H> {
             queue_num: None,
             max_mem_slots: None,
             postcopy: false,
+            postcopy_advised: false,
+            memory_ack_due: false,
             decoder: FrontendReplyDecoder::new(Default::default()),
             queue: VecDeque::new(),
             outstanding: None,
@@ -158,6 +162,19 @@ impl<H> Connection<H> {
             rule,
         };
         self.neg.check_frontend(code).map_err(not)?;
+        // Memory requests are framed by the postcopy state; do not queue one behind a
+        // request that switches it (spec §7.7), or the two ends would frame it differently.
+        let memory = matches!(code, FrontendReq::SetMemTable | FrontendReq::AddMemReg);
+        let switching =
+            |c: FrontendReq| matches!(c, FrontendReq::PostcopyListen | FrontendReq::PostcopyEnd);
+        if memory
+            && (self.outstanding.is_some_and(|o| switching(o.code))
+                || self.queue.iter().any(|q| switching(q.code)))
+        {
+            return Err(not(Rule::PostcopyOrder {
+                state: "a postcopy switch is in flight",
+            }));
+        }
         let postcopy_ack = matches!(
             req,
             FrontendRequest::SetMemTablePostcopyAck { .. }
@@ -182,10 +199,17 @@ impl<H> Connection<H> {
             }
             FrontendRequest::SetMemTablePostcopyAck { .. }
             | FrontendRequest::AddMemRegPostcopyAck { .. }
-                if !self.postcopy =>
+                if !self.postcopy || !self.memory_ack_due =>
             {
                 return Err(not(Rule::PostcopyOrder {
-                    state: "postcopy is not listening",
+                    state: "no postcopy memory reply to acknowledge",
+                }));
+            }
+            // A back-end refuses a second POSTCOPY_ADVISE with the only failure form the
+            // spec has (no fd), which is not a decodable reply: do not send one.
+            FrontendRequest::PostcopyAdvise if self.postcopy_advised => {
+                return Err(not(Rule::PostcopyOrder {
+                    state: "already advised",
                 }));
             }
             FrontendRequest::GetVringBase { index } => Detail::VringIndex(*index),
@@ -208,6 +232,9 @@ impl<H> Connection<H> {
         };
         // Negotiation as the VMM states it (the back-end's NACK, if any, is reported).
         match &req {
+            FrontendRequest::SetMemTablePostcopyAck { .. }
+            | FrontendRequest::AddMemRegPostcopyAck { .. } => self.memory_ack_due = false,
+            FrontendRequest::PostcopyAdvise => self.postcopy_advised = true,
             FrontendRequest::SetFeatures { features } => self.neg.features = *features,
             FrontendRequest::SetProtocolFeatures { features } => self.neg.protocol = *features,
             _ => {}
@@ -292,6 +319,25 @@ impl<H> Connection<H> {
             match self.decoder.decode(&mut input) {
                 Ok(Some(msg)) => self.on_reply(msg.code, msg.message)?,
                 Ok(None) => return Ok(()),
+                // Spec §7.7 gives postcopy SET_MEM_TABLE no failure form; a back-end that
+                // fails it sends a u64, which reads as a malformed table. The decoder is
+                // not poisoned by that (rejected class): report it as a NACK.
+                Err(DecodeError::InvalidPayload { request, .. })
+                    if self.postcopy
+                        && request == FrontendReq::SetMemTable.into()
+                        && self
+                            .outstanding
+                            .is_some_and(|o| o.code == FrontendReq::SetMemTable) =>
+                {
+                    if let Some(o) = self.outstanding.take() {
+                        self.events.push_back(Event::Nacked {
+                            id: o.id,
+                            request: o.code,
+                            value: 1,
+                        });
+                    }
+                    self.pump();
+                }
                 Err(e) => {
                     let e = match e {
                         DecodeError::UnknownReply { code } => FatalError::UnexpectedReply { code },
@@ -354,6 +400,13 @@ impl<H> Connection<H> {
 
     /// Tracks negotiation from replies.
     fn learn(&mut self, code: FrontendReq, reply: &FrontendReply<H>) {
+        if matches!(
+            reply,
+            FrontendReply::MemTable { .. } | FrontendReply::AddMemReg { .. }
+        ) {
+            // Spec §7.7: the VMM acknowledges with SET_MEM_TABLE / ADD_MEM_REG u64 0.
+            self.memory_ack_due = true;
+        }
         let FrontendReply::U64 { value } = *reply else {
             return;
         };
@@ -368,7 +421,10 @@ impl<H> Connection<H> {
             }
             FrontendReq::GetQueueNum => self.queue_num = Some(value),
             FrontendReq::GetMaxMemSlots => self.max_mem_slots = Some(value),
-            FrontendReq::PostcopyEnd if value == 0 => self.postcopy = false,
+            FrontendReq::PostcopyEnd if value == 0 => {
+                self.postcopy = false;
+                self.postcopy_advised = false;
+            }
             _ => {}
         }
     }

@@ -3,11 +3,8 @@
 
 use std::collections::VecDeque;
 
-use super::MAX_BUFFERED_INPUT;
 use super::error::FatalError;
-
-/// Most buffered chunks that carry fds (each keeps its own fd boundary, spec §1).
-const MAX_CHUNKS: usize = 64;
+use super::{MAX_BUFFERED_FDS, MAX_BUFFERED_INPUT};
 
 /// Buffered `(bytes, fds)` chunks in arrival order. Chunks without fds are merged into a
 /// previous chunk without fds, which keeps every fd at the start of the bytes it came with.
@@ -15,6 +12,7 @@ const MAX_CHUNKS: usize = 64;
 pub(crate) struct Inbox<H> {
     chunks: VecDeque<(Vec<u8>, Vec<H>)>,
     bytes: usize,
+    fds: usize,
 }
 
 impl<H> Default for Inbox<H> {
@@ -22,6 +20,7 @@ impl<H> Default for Inbox<H> {
         Inbox {
             chunks: VecDeque::new(),
             bytes: 0,
+            fds: 0,
         }
     }
 }
@@ -33,8 +32,19 @@ impl<H> Inbox<H> {
     }
 
     /// Bytes buffered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes that may still be buffered: 0 once fewer than 8 more fds would fit (one read
+    /// may bring 8, spec §2), so an embedder that reads at most this much never overflows.
+    pub fn room(&self) -> usize {
+        if self.fds + 8 > MAX_BUFFERED_FDS {
+            0
+        } else {
+            MAX_BUFFERED_INPUT.saturating_sub(self.bytes)
+        }
     }
 
     /// Appends a chunk; too much buffered input is fatal.
@@ -43,10 +53,12 @@ impl<H> Inbox<H> {
             return Ok(());
         }
         let total = self.bytes.saturating_add(bytes.len());
-        if total > MAX_BUFFERED_INPUT || (self.chunks.len() >= MAX_CHUNKS && !fds.is_empty()) {
+        let total_fds = self.fds.saturating_add(fds.len());
+        if total > MAX_BUFFERED_INPUT || total_fds > MAX_BUFFERED_FDS {
             return Err(FatalError::InputOverflow { buffered: total });
         }
         self.bytes = total;
+        self.fds = total_fds;
         if fds.is_empty()
             && let Some((last, last_fds)) = self.chunks.back_mut()
             && last_fds.is_empty()
@@ -62,6 +74,7 @@ impl<H> Inbox<H> {
     pub fn pop(&mut self) -> Option<(Vec<u8>, Vec<H>)> {
         let c = self.chunks.pop_front()?;
         self.bytes = self.bytes.saturating_sub(c.0.len());
+        self.fds = self.fds.saturating_sub(c.1.len());
         Some(c)
     }
 
@@ -71,6 +84,7 @@ impl<H> Inbox<H> {
             return;
         }
         self.bytes = self.bytes.saturating_add(bytes.len());
+        self.fds = self.fds.saturating_add(fds.len());
         self.chunks.push_front((bytes.to_vec(), fds));
     }
 
@@ -78,6 +92,7 @@ impl<H> Inbox<H> {
     pub fn clear(&mut self) {
         self.chunks = VecDeque::new();
         self.bytes = 0;
+        self.fds = 0;
     }
 }
 

@@ -32,3 +32,7 @@ pub const MAX_PENDING_TRANSMITS: usize = 32;
 /// its queues are full). Feeding more is a [`FatalError::InputOverflow`]; check
 /// `wants_input()` before reading from the socket.
 pub const MAX_BUFFERED_INPUT: usize = 64 * 1024;
+
+/// Most fd handles a session buffers while it cannot decode (QEMU pipelines a kick and a
+/// call fd per ring without REPLY_ACK). `input_room()` drops to 0 before this is reached.
+pub const MAX_BUFFERED_FDS: usize = 1024;
