@@ -28,6 +28,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod blk;
 mod discover;
 mod leftovers;
 mod peer;

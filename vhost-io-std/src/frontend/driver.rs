@@ -188,6 +188,18 @@ impl DriverRing {
         both!(&mut self.queue, q => q.add(readable, writable))
     }
 
+    /// Adds a buffer as one INDIRECT ring descriptor whose table of
+    /// `readable` then `writable` elements is written at guest address
+    /// `table_addr` (needs INDIRECT_DESC); returns its id.
+    pub fn add_indirect(
+        &mut self,
+        table_addr: u64,
+        readable: &[(u64, u32)],
+        writable: &[(u64, u32)],
+    ) -> Result<u16, vring::Error> {
+        both!(&mut self.queue, q => q.add_indirect(table_addr, readable, writable))
+    }
+
     /// Publishes the added buffers and signals the kick eventfd if the
     /// back-end asked for kicks; returns whether it kicked.
     pub fn kick(&mut self) -> io::Result<bool> {
