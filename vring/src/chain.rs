@@ -20,6 +20,23 @@ struct Cursor {
     left: u32,
 }
 
+impl Cursor {
+    /// Translates and consumes the next host-contiguous piece of at most
+    /// `max` bytes of this element.
+    fn take<'m, M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &'m M,
+        max: usize,
+    ) -> Result<GuestSlice<'m>, Error> {
+        let want = (self.left as usize).min(max);
+        let slice = GuestSlice::new_prefix(mem, self.addr, want)?;
+        let n = slice.len();
+        self.addr = self.addr.wrapping_add(n as u64);
+        self.left -= n as u32;
+        Ok(slice)
+    }
+}
+
 /// Reads the device-readable part of a buffer.
 #[derive(Debug)]
 pub struct Reader<'m, M: ?Sized, I> {
@@ -80,12 +97,8 @@ impl<'m, M: GuestMemory + ?Sized, I: DescriptorIter> Reader<'m, M, I> {
         let Some(cur) = self.cur.as_mut() else {
             return Ok(None);
         };
-        let want = (cur.left as usize).min(max);
-        let slice = GuestSlice::new_prefix(self.mem, cur.addr, want)?;
-        let n = slice.len();
-        cur.addr = cur.addr.wrapping_add(n as u64);
-        cur.left -= n as u32;
-        self.read += n as u64;
+        let slice = cur.take(self.mem, max)?;
+        self.read += slice.len() as u64;
         Ok(Some(slice))
     }
 
@@ -219,14 +232,10 @@ impl<'m, M: GuestMemory + ?Sized, I: DescriptorIter> Writer<'m, M, I> {
         let Some(cur) = self.cur.as_mut() else {
             return Ok(None);
         };
-        let want = (cur.left as usize).min(max);
-        let slice = GuestSlice::new_prefix(self.mem, cur.addr, want)?;
-        let n = slice.len();
-        cur.addr = cur.addr.wrapping_add(n as u64);
-        cur.left -= n as u32;
-        self.written += n as u64;
+        let slice = cur.take(self.mem, max)?;
+        self.written += slice.len() as u64;
         if let Some(log) = self.log {
-            log.mark(slice.guest_addr(), n as u64);
+            log.mark(slice.guest_addr(), slice.len() as u64);
         }
         Ok(Some(slice))
     }
