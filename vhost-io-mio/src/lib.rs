@@ -1,4 +1,67 @@
-//! vhost-user sessions in a mio event loop.
+//! vhost-user back-end sessions in a mio event loop: many front-ends and their queues
+//! served by one thread.
 //!
-//! Filled by its own issue; an empty library until then.
+//! - [`Session`]: one front-end connection as a [`mio::event::Source`]. Register it in
+//!   **your** `Poll` under **your** token; call [`Session::ready`] for each event with that
+//!   token. It reads until `WouldBlock`, writes replies as the socket accepts them (fds with
+//!   the first byte, partial writes resumed on the writable edge), answers the protocol
+//!   core's events with the [`Device`](vhost_io_std::backend::Device) of the std binding
+//!   (the same trait: every device runs on both bindings), and processes kicked rings
+//!   inline: the kick fds of its started rings are registered under the session's token.
+//! - [`Listener`]: a listening socket as a source; accepts connections as sessions.
+//! - [`Server`]: a ready-made loop for users without one: a listener and/or sockets handed
+//!   over with [`Handle::add`], any number of sessions in one thread.
+//!
+//! The OS helpers (`sendmsg`/`recvmsg` with fds, eventfds, memory mapping), the framing
+//! tracker that attributes a read's fds to the right message, and the queue type are the
+//! std binding's, reused.
+//!
+//! Embedding next to a source of your own:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mio::{Events, Interest, Poll, Token};
+//! use vhost_io_mio::{Listener, Session, Status};
+//! use vhost_io_std::echo::Echo;
+//!
+//! let mut poll = Poll::new()?;
+//! let mut listener = Listener::bind("/tmp/echo.sock")?;
+//! poll.registry().register(&mut listener, Token(0), Interest::READABLE)?;
+//! let device = Arc::new(Echo::new(1));
+//! let mut sessions: Vec<Option<Session<Echo>>> = Vec::new();
+//! let mut events = Events::with_capacity(256);
+//! loop {
+//!     poll.poll(&mut events, None)?;
+//!     for event in &events {
+//!         match event.token() {
+//!             Token(0) => {
+//!                 while let Some(mut s) = listener.accept_session(Arc::clone(&device))? {
+//!                     let token = Token(1 + sessions.len());
+//!                     poll.registry().register(&mut s, token, Interest::READABLE)?;
+//!                     sessions.push(Some(s));
+//!                 }
+//!             }
+//!             Token(n) => {
+//!                 let Some(slot) = sessions.get_mut(n - 1) else { continue };
+//!                 if let Some(s) = slot {
+//!                     if !matches!(s.ready(poll.registry()), Ok(Status::Open)) {
+//!                         *slot = None; // closed and deregistered
+//!                     }
+//!                 }
+//!             }
+//!         }
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
+
+mod error;
+mod listener;
+mod server;
+mod session;
+
+pub use error::Error;
+pub use listener::Listener;
+pub use server::{Handle, Server, ServerHandle};
+pub use session::{Session, Status};

@@ -15,8 +15,9 @@
 use vhost_proto::wire::HEADER_SIZE;
 
 /// Follows message boundaries across reads.
+#[doc(hidden)]
 #[derive(Debug, Default)]
-pub(crate) struct Framer {
+pub struct Framer {
     header: [u8; HEADER_SIZE],
     header_len: usize,
     /// Payload bytes still to come of the current message.
@@ -26,7 +27,7 @@ pub(crate) struct Framer {
 impl Framer {
     /// Consumes one read; returns the offset of the last header that begins
     /// in it, if any.
-    pub(crate) fn last_header_start(&mut self, bytes: &[u8]) -> Option<usize> {
+    pub fn last_header_start(&mut self, bytes: &[u8]) -> Option<usize> {
         let mut pos = 0;
         let mut last = None;
         while pos < bytes.len() {

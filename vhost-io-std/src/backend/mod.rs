@@ -23,3 +23,10 @@ pub use device::Device;
 pub use queue::{Chain, ChainReader, ChainWriter, Memory, Queue};
 pub use server::{Server, ServerHandle, Stopper};
 pub use session::Ended;
+// Shared with vhost-io-mio (one implementation for both bindings).
+#[doc(hidden)]
+pub use framing::Framer;
+#[doc(hidden)]
+pub use server::remove_stale_socket;
+#[doc(hidden)]
+pub use session::{map_regions, mapping_failed, new_inflight, to_proto_position};

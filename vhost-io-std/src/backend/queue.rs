@@ -146,7 +146,8 @@ impl<'q> ChainWriter<'q> {
 
 impl Queue {
     /// Builds the queue from a started ring's configuration in `mem`.
-    pub(crate) fn new(
+    #[doc(hidden)]
+    pub fn new(
         index: u16,
         packed: bool,
         mem: Memory,
@@ -214,7 +215,8 @@ impl Queue {
     }
 
     /// Chains popped so far.
-    pub(crate) fn pops(&self) -> u64 {
+    #[doc(hidden)]
+    pub fn pops(&self) -> u64 {
         self.pops
     }
 
@@ -264,19 +266,22 @@ impl Queue {
 
     /// Publishes and reports (and clears) whether the driver must be
     /// notified.
-    pub(crate) fn take_notify(&mut self) -> bool {
+    #[doc(hidden)]
+    pub fn take_notify(&mut self) -> bool {
         self.publish_used();
         std::mem::take(&mut self.notify)
     }
 
     /// Asks for kicks again; `true` if chains arrived meanwhile (pop again
     /// before sleeping).
-    pub(crate) fn enable_notifications(&mut self) -> Result<bool, RingError> {
+    #[doc(hidden)]
+    pub fn enable_notifications(&mut self) -> Result<bool, RingError> {
         both!(&mut self.ring, Ring, q => q.enable_notifications())
     }
 
     /// Asks the driver not to kick while the worker is busy.
-    pub(crate) fn disable_notifications(&mut self) {
+    #[doc(hidden)]
+    pub fn disable_notifications(&mut self) {
         both!(&mut self.ring, Ring, q => q.disable_notifications())
     }
 
@@ -287,13 +292,15 @@ impl Queue {
 
     /// Switches to new guest memory (the memory table changed); the ring
     /// areas are translated again. On error the queue keeps its old memory.
-    pub(crate) fn set_memory(&mut self, mem: Memory) -> Result<(), RingError> {
+    #[doc(hidden)]
+    pub fn set_memory(&mut self, mem: Memory) -> Result<(), RingError> {
         both!(&mut self.ring, Ring, q => q.set_memory(mem))
     }
 
     /// Attaches this queue's part of the inflight buffer and queues the
     /// chains it records as in flight, to be served by `pop` first.
-    pub(crate) fn attach_inflight(
+    #[doc(hidden)]
+    pub fn attach_inflight(
         &mut self,
         region: vring::memory::SharedRegion,
     ) -> Result<usize, RingError> {

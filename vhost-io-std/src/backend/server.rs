@@ -184,7 +184,8 @@ fn transient(e: &io::Error) -> bool {
 }
 
 /// Removes `path` if it is a socket nobody accepts on.
-fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
+#[doc(hidden)]
+pub fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

@@ -555,7 +555,8 @@ impl<D: Device> Session<D> {
     }
 }
 
-fn to_proto_position(p: vring::RingPosition) -> vhost_proto::session::RingPosition {
+#[doc(hidden)]
+pub fn to_proto_position(p: vring::RingPosition) -> vhost_proto::session::RingPosition {
     vhost_proto::session::RingPosition {
         next_avail: p.next_avail,
         avail_wrap: p.avail_wrap,
@@ -568,12 +569,14 @@ fn dup_notifier(fd: &OwnedFd) -> std::io::Result<EventFd> {
     Ok(EventFd::from_fd(rustix::io::fcntl_dupfd_cloexec(fd, 0)?))
 }
 
-fn mapping_failed(e: crate::OsError) -> Refused {
+#[doc(hidden)]
+pub fn mapping_failed(e: crate::OsError) -> Refused {
     log::warn!("vhost-io-std: memory update refused: {e}");
     Refused::because("mapping guest memory failed")
 }
 
-fn map_regions(regions: Vec<RegionFd<OwnedFd>>) -> Result<Vec<MappedRegion>, Refused> {
+#[doc(hidden)]
+pub fn map_regions(regions: Vec<RegionFd<OwnedFd>>) -> Result<Vec<MappedRegion>, Refused> {
     regions
         .into_iter()
         .map(|r| {
@@ -589,7 +592,8 @@ fn map_regions(regions: Vec<RegionFd<OwnedFd>>) -> Result<Vec<MappedRegion>, Ref
 }
 
 /// GET_INFLIGHT_FD: a zero-filled sealed memfd sized for the queues.
-fn new_inflight(
+#[doc(hidden)]
+pub fn new_inflight(
     num_queues: u16,
     queue_size: u16,
     packed: bool,
