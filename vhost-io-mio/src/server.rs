@@ -3,7 +3,7 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -30,6 +30,8 @@ type Factory<D> = Box<dyn FnMut() -> Arc<D> + Send>;
 struct Shared {
     waker: Waker,
     stop: AtomicBool,
+    /// Sessions being served (for other threads).
+    live: AtomicUsize,
     incoming: Mutex<Vec<std::os::unix::net::UnixStream>>,
 }
 
@@ -101,6 +103,7 @@ impl<D: Device + ?Sized> Server<D> {
             shared: Arc::new(Shared {
                 waker,
                 stop: AtomicBool::new(false),
+                live: AtomicUsize::new(0),
                 incoming: Mutex::new(Vec::new()),
             }),
             accept_backoff: false,
@@ -222,6 +225,7 @@ impl<D: Device + ?Sized> Server<D> {
         if let Some(s) = self.sessions.get_mut(slot) {
             *s = Some(session);
             self.live += 1;
+            self.shared.live.store(self.live, Ordering::Relaxed);
         }
         Ok(token)
     }
@@ -248,6 +252,7 @@ impl<D: Device + ?Sized> Server<D> {
             }
             self.free.push(slot);
             self.live -= 1;
+            self.shared.live.store(self.live, Ordering::Relaxed);
         }
     }
 
@@ -310,6 +315,7 @@ impl<D: Device + ?Sized> Server<D> {
         self.sessions.clear();
         self.free.clear();
         self.live = 0;
+        self.shared.live.store(0, Ordering::Relaxed);
     }
 }
 
@@ -337,6 +343,11 @@ impl Handle {
             .waker
             .wake()
             .map_err(|e| Error::io("eventfd write", e))
+    }
+
+    /// How many sessions the server is serving.
+    pub fn sessions(&self) -> usize {
+        self.shared.live.load(Ordering::Relaxed)
     }
 
     /// Asks the server to stop: [`Server::run`] closes every session and returns.
