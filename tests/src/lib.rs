@@ -31,6 +31,7 @@
 pub mod blk;
 mod discover;
 mod leftovers;
+pub mod net;
 mod peer;
 mod tempdir;
 
