@@ -978,3 +978,21 @@ fn framing_error_is_fatal() {
     assert!(conn.is_closed());
     assert!(conn.handle_input(&[0], vec![]).is_err());
 }
+
+/// Idle footprint: the mio binding serves 1,000 sessions in one thread, so an idle
+/// connection must stay small (budget 32 KiB with its heap: ring states, the decoder's
+/// reused body buffer of at most one message, and emptied queues).
+#[test]
+fn idle_connection_is_small() {
+    use std::mem::size_of;
+    let conn = size_of::<Connection<std::os::fd::OwnedFd>>();
+    let ring = size_of::<vhost_proto::backend::RingState<std::os::fd::OwnedFd>>();
+    let event = size_of::<Event<std::os::fd::OwnedFd>>();
+    // 16 queues, a 4 KiB decoder buffer, 32 queued events and transmits' slots.
+    let budget = conn + 16 * ring + 4108 + 32 * event + 32 * 48;
+    eprintln!("connection {conn} B, ring {ring} B, event {event} B, budget {budget} B");
+    assert!(
+        budget <= 32 * 1024,
+        "conn {conn} ring {ring} event {event} total {budget}"
+    );
+}
