@@ -44,12 +44,13 @@ struct Shared {
 /// use vhost_io_mio::Server;
 /// use vhost_io_std::echo::Echo;
 /// use vhost_io_std::frontend::Frontend;
+/// use vhost_proto::wire::VirtioFeatures;
 ///
 /// let server = Server::new(Echo::new(1))?.spawn()?;
 /// let (ours, theirs) = UnixStream::pair()?;
 /// server.handle().add(theirs)?;
 /// let mut front = Frontend::from_stream(ours)?;
-/// assert_eq!(front.get_queue_num()?, 1);
+/// assert!(front.get_features()?.contains(VirtioFeatures::VERSION_1));
 /// drop(front);
 /// server.stop()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
