@@ -20,6 +20,9 @@ const LISTENER: Token = Token(usize::MAX - 1);
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 1024;
 
+/// How often sessions with rings to poll ([`Session::wants_polling`]) are looked at.
+const POLL_INTERVAL: Duration = Duration::from_millis(1);
+
 /// How long to wait before accepting again when the process is out of fds.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -66,6 +69,8 @@ pub struct Server<D: Device + ?Sized> {
     factory: Factory<D>,
     shared: Arc<Shared>,
     accept_backoff: bool,
+    /// Slots of the sessions that want polling.
+    polled: Vec<usize>,
 }
 
 impl<D: Device + ?Sized> std::fmt::Debug for Server<D> {
@@ -108,6 +113,7 @@ impl<D: Device + ?Sized> Server<D> {
                 incoming: Mutex::new(Vec::new()),
             }),
             accept_backoff: false,
+            polled: Vec::new(),
         })
     }
 
@@ -162,11 +168,14 @@ impl<D: Device + ?Sized> Server<D> {
     /// Waits for events (at most `timeout`) and serves them: one turn of the loop, for
     /// callers that interleave other work.
     pub fn run_once(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        let timeout = if self.accept_backoff {
-            Some(timeout.map_or(ACCEPT_BACKOFF, |t| t.min(ACCEPT_BACKOFF)))
-        } else {
-            timeout
-        };
+        let cap = |t: Option<Duration>, max: Duration| Some(t.map_or(max, |t| t.min(max)));
+        let mut timeout = timeout;
+        if self.accept_backoff {
+            timeout = cap(timeout, ACCEPT_BACKOFF);
+        }
+        if !self.polled.is_empty() {
+            timeout = cap(timeout, POLL_INTERVAL);
+        }
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
@@ -177,6 +186,7 @@ impl<D: Device + ?Sized> Server<D> {
         if self.accept_backoff {
             self.tokens.push(LISTENER);
         }
+        self.tokens.extend(self.polled.iter().map(|&s| Token(s)));
         for i in 0..self.tokens.len() {
             let Some(&token) = self.tokens.get(i) else {
                 break;
@@ -236,7 +246,9 @@ impl<D: Device + ?Sized> Server<D> {
         let Some(Some(session)) = self.sessions.get_mut(slot) else {
             return; // a stale event of a session closed earlier in this batch
         };
-        let ended = match session.ready(registry) {
+        let result = session.ready(registry);
+        let wants_polling = session.wants_polling();
+        let ended = match result {
             Ok(Status::Open) => false,
             Ok(Status::Closed) => {
                 log::debug!("vhost-io-mio: front-end {slot} disconnected");
@@ -247,6 +259,14 @@ impl<D: Device + ?Sized> Server<D> {
                 true
             }
         };
+        let listed = self.polled.iter().position(|&s| s == slot);
+        match (wants_polling && !ended, listed) {
+            (true, None) => self.polled.push(slot),
+            (false, Some(k)) => {
+                self.polled.swap_remove(k);
+            }
+            _ => {}
+        }
         if ended {
             if let Some(s) = self.sessions.get_mut(slot) {
                 *s = None;
@@ -315,6 +335,7 @@ impl<D: Device + ?Sized> Server<D> {
         }
         self.sessions.clear();
         self.free.clear();
+        self.polled.clear();
         self.live = 0;
         self.shared.live.store(0, Ordering::Relaxed);
     }

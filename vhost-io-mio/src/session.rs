@@ -26,6 +26,11 @@ use crate::Error;
 /// request fits, and several small pipelined ones.
 const READ_BUF: usize = 8192;
 
+/// `recvmsg` calls per [`Session::ready`] before the session yields to the others: a peer
+/// that never stops sending must not starve them. The socket is re-armed (`EPOLL_CTL_MOD`
+/// reports it again while it is readable), so nothing is lost.
+const READ_BUDGET: usize = 32;
+
 /// Rounds of `process_queue` per ring and wakeup before the ring yields to the other
 /// sessions (it kicks itself to come back: no lost wakeup, no starvation).
 const MAX_ROUNDS: usize = 8;
@@ -201,12 +206,17 @@ impl<D: Device + ?Sized> Session<D> {
     }
 
     fn drive(&mut self, registry: &Registry) -> Result<Status, Error> {
+        let mut budget = READ_BUDGET;
         loop {
             let wrote = self.pump(registry)?;
-            let read = match self.read(registry)? {
+            let read = match self.read(registry, &mut budget)? {
                 Read::Eof => return Ok(Status::Closed),
                 Read::Some => true,
                 Read::Nothing => false,
+                Read::Yield => {
+                    self.rearm(registry)?;
+                    break;
+                }
             };
             if self.conn.is_closed() {
                 return Err(Error::Protocol(vhost_proto::session::FatalError::Closed));
@@ -221,10 +231,14 @@ impl<D: Device + ?Sized> Session<D> {
 
     /// Reads until the socket would block (or the connection's input buffer is full: the
     /// writable edge resumes it), feeding each read to the connection.
-    fn read(&mut self, registry: &Registry) -> Result<Read, Error> {
+    fn read(&mut self, registry: &Registry, budget: &mut usize) -> Result<Read, Error> {
         let mut buf = [0u8; READ_BUF];
         let mut got = false;
         loop {
+            if *budget == 0 {
+                return Ok(Read::Yield);
+            }
+            *budget -= 1;
             let room = self.conn.input_room().min(READ_BUF);
             if room == 0 {
                 break;
@@ -310,6 +324,33 @@ impl<D: Device + ?Sized> Session<D> {
                 Err(e) => return Err(Error::io("sendmsg", e)),
             }
         }
+    }
+
+    /// Asks epoll to report the socket again if it is still ready (edge-triggered
+    /// registrations re-check the state on `EPOLL_CTL_MOD`).
+    fn rearm(&mut self, registry: &Registry) -> Result<(), Error> {
+        let Some(token) = self.token else {
+            return Err(Error::NotRegistered);
+        };
+        registry
+            .reregister(
+                &mut self.stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| Error::io("epoll_ctl", e))
+    }
+
+    /// Whether a started ring has no kick fd to watch (the front-end's no-fd flag, spec
+    /// §3.1, or a kick fd epoll refuses) and must be looked at periodically: call
+    /// [`ready`](Self::ready) every millisecond or so while this holds ([`Server`](crate::Server)
+    /// does).
+    pub fn wants_polling(&self) -> bool {
+        !self.closed
+            && self
+                .rings
+                .iter()
+                .any(|r| r.running() && r.polled && !r.broken)
     }
 
     /// Consumes every signalled kick and wakeup fd and processes those rings.
@@ -759,12 +800,16 @@ impl<D: Device + ?Sized> Session<D> {
             ring.polled = true;
             return;
         };
-        for fd in [&ring.kick, &ring.wake].into_iter().flatten() {
+        for slot in [&mut ring.kick, &mut ring.wake] {
+            let Some(fd) = slot.as_ref() else {
+                continue;
+            };
             let raw = fd.read_fd().as_raw_fd();
             if let Err(e) = registry.register(&mut SourceFd(&raw), token, Interest::READABLE) {
-                // E.g. a regular file as kick fd: epoll refuses it. Look at the ring on
-                // every event of the session instead.
+                // E.g. a regular file as kick fd: epoll refuses it (and reading it would
+                // consume file data). Drop it and poll the ring instead.
                 log::warn!("vhost-io-mio: queue {i}: cannot watch a notifier ({e}); polling");
+                *slot = None;
                 ring.polled = true;
             }
         }
@@ -867,6 +912,8 @@ enum Read {
     Eof,
     Some,
     Nothing,
+    /// The read budget is spent; input may be left.
+    Yield,
 }
 
 impl<D: Device + ?Sized> Drop for Session<D> {

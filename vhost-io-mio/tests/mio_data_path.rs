@@ -203,3 +203,79 @@ fn frontends_that_vanish_mid_io_leave_the_others_served() {
     assert!(!path.exists());
     std::fs::remove_dir(&dir).unwrap();
 }
+
+/// A receive-only device: packets come from elsewhere and wake the queue through its
+/// `queue_wakeup` eventfd, not through a kick.
+struct Rx {
+    pending: std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>,
+    wake: vhost_io_std::os::eventfd::EventFd,
+}
+
+impl vhost_io_std::backend::Device for Rx {
+    fn description(&self) -> vhost_proto::backend::DeviceDescription {
+        vhost_proto::backend::DeviceDescription::new(
+            vhost_proto::wire::VirtioFeatures::VERSION_1,
+            vhost_proto::wire::ProtocolFeatures::REPLY_ACK,
+            1,
+        )
+    }
+
+    fn process_queue(&self, q: &mut vhost_io_std::backend::Queue) -> Result<(), vring::Error> {
+        let mut pending = self.pending.lock().unwrap();
+        while !pending.is_empty() {
+            let Some(chain) = q.pop()? else { break };
+            let pkt = pending.pop_front().unwrap();
+            let mut w = q.writer(&chain)?;
+            w.write_all(&pkt)?;
+            let len = w.bytes_written();
+            q.add_used(&chain, len)?;
+        }
+        Ok(())
+    }
+
+    fn queue_wakeup(&self, index: u16) -> Option<vhost_io_std::os::eventfd::EventFd> {
+        (index == 0).then(|| self.wake.try_clone().ok()).flatten()
+    }
+}
+
+#[test]
+fn a_device_wakeup_fd_runs_its_queue_without_a_kick() {
+    use std::sync::Arc;
+    use vring::memory::GuestSlice;
+    let rx = Arc::new(Rx {
+        pending: Default::default(),
+        wake: vhost_io_std::os::eventfd::EventFd::new(true).unwrap(),
+    });
+    let device = Arc::clone(&rx);
+    let server = Server::with_factory(move || Arc::clone(&device))
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    server.handle().add(b).unwrap();
+    let mut front = Frontend::from_stream(a).unwrap();
+    let ram = GuestRam::new(0, RAM).unwrap();
+    handshake(&mut front, &ram, false, false);
+    let mut ring = start_ring(&mut front, &ram, 0, 0, 64, false, false);
+    let ids: Vec<u16> = (0..4u64)
+        .map(|k| ring.add(&[], &[(BUFS + k * 64, 64)]).unwrap())
+        .collect();
+    ring.kick().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(ring.pop_used().unwrap(), None, "nothing to receive yet");
+    for (k, id) in ids.iter().enumerate() {
+        let pkt = format!("packet {k}").into_bytes();
+        rx.pending.lock().unwrap().push_back(pkt.clone());
+        rx.wake.signal().unwrap();
+        let used = ring.collect(1, TIMEOUT).unwrap();
+        assert_eq!(used, vec![(*id, pkt.len() as u32)]);
+        let mut back = vec![0u8; pkt.len()];
+        GuestSlice::new(ram.memory(), BUFS + k as u64 * 64, pkt.len())
+            .unwrap()
+            .read_at(0, &mut back)
+            .unwrap();
+        assert_eq!(back, pkt);
+    }
+    drop(front);
+    server.stop().unwrap();
+}
