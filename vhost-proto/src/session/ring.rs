@@ -68,9 +68,26 @@ impl RingPosition {
     /// Interprets a wire base for a split (`packed == false`) or packed ring.
     pub fn from_base(base: VringBase, packed: bool) -> Self {
         if packed {
+            let (next_avail, avail_wrap) = (base.packed_avail_idx(), base.packed_avail_wrap());
+            // DPDK's virtio-user sends only the avail half (bits 16–31 zero, e.g. 0x8000 on a
+            // fresh start), and DPDK's own vhost library ignores the used half, taking
+            // used = avail. The spec (§3.4) defines the used half, and QEMU fills it. A zero
+            // used half with a non-zero avail half would mean the device stopped with every
+            // descriptor since the used position still in flight, which GET_VRING_BASE's
+            // "complete in-flight requests first" rule (§7.2) excludes; read it as "not sent"
+            // and resume used at the avail position, as DPDK does. Observed with DPDK 22.11
+            // testpmd `net_virtio_user,packed_vq=1` (tests/data/transcripts).
+            if base.0 >> 16 == 0 && (next_avail != 0 || avail_wrap) {
+                return RingPosition {
+                    next_avail,
+                    avail_wrap,
+                    next_used: next_avail,
+                    used_wrap: avail_wrap,
+                };
+            }
             RingPosition {
-                next_avail: base.packed_avail_idx(),
-                avail_wrap: base.packed_avail_wrap(),
+                next_avail,
+                avail_wrap,
                 next_used: base.packed_used_idx(),
                 used_wrap: base.packed_used_wrap(),
             }
@@ -144,5 +161,23 @@ mod tests {
             ..RingPosition::default()
         };
         assert_eq!(RingPosition::from_base(s.to_base(false), false), s);
+    }
+
+    #[test]
+    fn packed_base_without_used_half_resumes_used_at_avail() {
+        // DPDK virtio-user's SET_VRING_BASE on a fresh packed ring: 0x8000.
+        let p = RingPosition::from_base(VringBase(0x8000), true);
+        assert_eq!(p, RingPosition::default());
+        let p = RingPosition::from_base(VringBase(0x0000_0005), true);
+        assert_eq!(
+            (p.next_avail, p.avail_wrap, p.next_used, p.used_wrap),
+            (5, false, 5, false)
+        );
+        // QEMU's full form is taken as sent.
+        let p = RingPosition::from_base(VringBase(0x8003_0005), true);
+        assert_eq!(
+            (p.next_avail, p.avail_wrap, p.next_used, p.used_wrap),
+            (5, false, 3, true)
+        );
     }
 }
