@@ -182,6 +182,8 @@ where
 mod seeds;
 
 mod session;
-pub use session::{backend_session, backend_session_replies, frontend_session, frontend_session_completions};
+pub use session::{
+    backend_session, backend_session_replies, frontend_session, frontend_session_completions,
+};
 #[cfg(test)]
 mod session_seeds;
