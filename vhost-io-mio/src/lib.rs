@@ -12,6 +12,15 @@
 //! - [`Server`]: a ready-made loop for users without one: a listener and/or sockets handed
 //!   over with [`Handle::add`], any number of sessions in one thread.
 //!
+//! Devices run in the loop's thread: `process_queue` and the other
+//! [`Device`](vhost_io_std::backend::Device) callbacks must not block (a device with slow
+//! work hands it to threads of its own and wakes its queue with
+//! [`Device::queue_wakeup`](vhost_io_std::backend::Device::queue_wakeup)). A device that
+//! panics in `process_queue` breaks only that ring (its err fd is signalled), as a
+//! panicking worker thread does in the std binding. A session never buffers much: reads
+//! go through a buffer on the stack, input and output are bounded by the protocol core's
+//! queues, and a front-end that reads no reply stops being read.
+//!
 //! The OS helpers (`sendmsg`/`recvmsg` with fds, eventfds, memory mapping), the framing
 //! tracker that attributes a read's fds to the right message, and the queue type are the
 //! std binding's, reused.

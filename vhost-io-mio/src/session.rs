@@ -184,7 +184,8 @@ impl<D: Device + ?Sized> Session<D> {
     ///
     /// `Ok(Status::Closed)` when the front-end hung up; an error when the connection failed
     /// (the front-end broke the protocol, or a system call failed). Either way the session
-    /// is closed and deregistered from `registry`: drop it.
+    /// is closed and deregistered from `registry`: drop it. The one exception is
+    /// [`Error::NotRegistered`]: register the session, then call again.
     pub fn ready(&mut self, registry: &Registry) -> Result<Status, Error> {
         if self.closed {
             return Ok(Status::Closed);
@@ -400,9 +401,20 @@ impl<D: Device + ?Sized> Session<D> {
         for round in 0..MAX_ROUNDS {
             q.disable_notifications();
             let before = q.pops();
-            if let Err(e) = device.process_queue(q) {
-                result = Err(e);
-                break;
+            // A panicking device breaks this ring only, as a panicking worker thread does
+            // in the std binding; the other sessions of the thread go on.
+            let processed =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.process_queue(q)));
+            match processed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    result = Err(Broken::Ring(e));
+                    break;
+                }
+                Err(_) => {
+                    result = Err(Broken::Panicked);
+                    break;
+                }
             }
             if q.take_notify()
                 && let Some(call) = &ring.call
@@ -416,7 +428,7 @@ impl<D: Device + ?Sized> Session<D> {
                 Ok(more) if !more || q.pops() == before => break,
                 Ok(_) => again = round + 1 == MAX_ROUNDS,
                 Err(e) => {
-                    result = Err(e);
+                    result = Err(Broken::Ring(e));
                     break;
                 }
             }
@@ -905,6 +917,15 @@ impl<D: Device + ?Sized> Session<D> {
             .flatten()
             .map(|fd| fd.read_fd().as_raw_fd())
     }
+}
+
+/// Why a ring stopped being processed.
+#[derive(Debug, thiserror::Error)]
+enum Broken {
+    #[error("{0}")]
+    Ring(vring::Error),
+    #[error("the device panicked in process_queue")]
+    Panicked,
 }
 
 /// What one round of reading found.

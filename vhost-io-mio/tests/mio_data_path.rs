@@ -279,3 +279,60 @@ fn a_device_wakeup_fd_runs_its_queue_without_a_kick() {
     drop(front);
     server.stop().unwrap();
 }
+
+/// A device that panics on the first chain it sees.
+struct Panicky;
+
+impl vhost_io_std::backend::Device for Panicky {
+    fn description(&self) -> vhost_proto::backend::DeviceDescription {
+        Echo::new(1).description()
+    }
+
+    fn process_queue(&self, q: &mut vhost_io_std::backend::Queue) -> Result<(), vring::Error> {
+        if q.pop()?.is_some() {
+            panic!("device bug");
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn different_devices_in_one_loop_and_a_panicking_one_breaks_only_its_ring() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use vhost_io_std::backend::Device;
+    let n = AtomicUsize::new(0);
+    let server = Server::<dyn Device>::with_factory(move || {
+        if n.fetch_add(1, Ordering::Relaxed) == 0 {
+            Arc::new(Panicky)
+        } else {
+            Arc::new(Echo::new(1))
+        }
+    })
+    .unwrap()
+    .spawn()
+    .unwrap();
+    let connect = || {
+        let (a, b) = UnixStream::pair().unwrap();
+        server.handle().add(b).unwrap();
+        Frontend::from_stream(a).unwrap()
+    };
+    let ram1 = GuestRam::new(0, RAM).unwrap();
+    let mut bad = connect();
+    handshake(&mut bad, &ram1, false, true);
+    let mut bad_ring = start_ring(&mut bad, &ram1, 0, 0, 64, false, true);
+    let ram2 = GuestRam::new(0, RAM).unwrap();
+    let mut good = connect();
+    handshake(&mut good, &ram2, true, true);
+    let mut good_ring = start_ring(&mut good, &ram2, 0, 0, 64, true, true);
+
+    bad_ring.add(&[(BUFS, 8)], &[(BUFS + 64, 8)]).unwrap();
+    bad_ring.kick().unwrap();
+    echo_through(&mut good_ring, &ram2, 50, 64, 0);
+    // The panicking device's session still answers; its ring is stopped.
+    assert!(bad.get_features().is_ok());
+    assert_eq!(bad_ring.pop_used().unwrap(), None);
+    echo_through(&mut good_ring, &ram2, 50, 64, 1);
+    drop((bad, good));
+    server.stop().unwrap();
+}
