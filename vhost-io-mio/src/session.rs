@@ -193,7 +193,18 @@ impl<D: Device + ?Sized> Session<D> {
         if self.token.is_none() {
             return Err(Error::NotRegistered);
         }
-        let r = self.drive(registry);
+        let r = match self.drive(registry) {
+            // The front-end hung up while we still had replies for it: a disconnect.
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(Status::Closed)
+            }
+            r => r,
+        };
         if !matches!(r, Ok(Status::Open)) {
             self.shutdown(Some(registry));
         }
