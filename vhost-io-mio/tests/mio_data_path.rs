@@ -336,3 +336,37 @@ fn different_devices_in_one_loop_and_a_panicking_one_breaks_only_its_ring() {
     drop((bad, good));
     server.stop().unwrap();
 }
+
+#[test]
+fn inflight_buffer_handed_out_and_attached() {
+    use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let (mut front, server) = mio_pair(1);
+    let offered = front.get_features().unwrap();
+    let protocol = front.get_protocol_features().unwrap();
+    assert!(protocol.contains(ProtocolFeatures::INFLIGHT_SHMFD));
+    front
+        .set_protocol_features(
+            ProtocolFeatures::INFLIGHT_SHMFD | ProtocolFeatures::REPLY_ACK | ProtocolFeatures::MQ,
+        )
+        .unwrap();
+    front.set_owner().unwrap();
+    front
+        .set_features(
+            offered
+                & (VirtioFeatures::VERSION_1
+                    | VirtioFeatures::PROTOCOL_FEATURES
+                    | VirtioFeatures::EVENT_IDX),
+        )
+        .unwrap();
+    front.set_mem_table(&[(ram.region(), ram.fd())]).unwrap();
+    let (desc, fd) = front.get_inflight_fd(1, 64).unwrap().unwrap();
+    assert!(desc.mmap_size > 0);
+    front
+        .set_inflight_fd(desc, std::os::fd::AsFd::as_fd(&fd))
+        .unwrap();
+    let mut ring = start_ring(&mut front, &ram, 0, 0, 64, false, true);
+    echo_through(&mut ring, &ram, 100, 64, 5);
+    drop(front);
+    server.stop().unwrap();
+}
