@@ -12,11 +12,8 @@ use crate::os::eventfd::EventFd;
 
 use super::{Frontend, GuestRam, Memory};
 
-#[derive(Debug)]
-enum Inner {
-    Split(vring::split::DriverQueue<Memory>),
-    Packed(vring::packed::DriverQueue<Memory>),
-}
+/// Either layout's driver queue ([`vring::queue::DriverQueue`] dispatches).
+type Inner = vring::queue::DriverQueue<Memory>;
 
 /// A ring the front-end drives itself: a `vring` driver queue in
 /// [`GuestRam`], with the kick eventfd it signals and the call eventfd the
@@ -38,15 +35,6 @@ pub struct DriverRing {
     queue: Inner,
     kick: EventFd,
     call: EventFd,
-}
-
-macro_rules! both {
-    ($e:expr, $q:ident => $body:expr) => {
-        match $e {
-            Inner::Split($q) => $body,
-            Inner::Packed($q) => $body,
-        }
-    };
 }
 
 impl DriverRing {
@@ -185,7 +173,7 @@ impl DriverRing {
         readable: &[(u64, u32)],
         writable: &[(u64, u32)],
     ) -> Result<u16, vring::Error> {
-        both!(&mut self.queue, q => q.add(readable, writable))
+        self.queue.add(readable, writable)
     }
 
     /// Adds a buffer as one INDIRECT ring descriptor whose table of
@@ -197,13 +185,13 @@ impl DriverRing {
         readable: &[(u64, u32)],
         writable: &[(u64, u32)],
     ) -> Result<u16, vring::Error> {
-        both!(&mut self.queue, q => q.add_indirect(table_addr, readable, writable))
+        self.queue.add_indirect(table_addr, readable, writable)
     }
 
     /// Publishes the added buffers and signals the kick eventfd if the
     /// back-end asked for kicks; returns whether it kicked.
     pub fn kick(&mut self) -> io::Result<bool> {
-        let need = both!(&mut self.queue, q => q.publish());
+        let need = self.queue.publish();
         if need {
             self.kick.signal()?;
         }
@@ -212,13 +200,13 @@ impl DriverRing {
 
     /// The next used buffer `(id, bytes written)`.
     pub fn pop_used(&mut self) -> Result<Option<(u16, u32)>, vring::Error> {
-        both!(&mut self.queue, q => q.pop_used())
+        self.queue.pop_used()
     }
 
     /// Asks for call notifications again; `true` if used buffers arrived
     /// meanwhile (pop them before waiting).
     pub fn enable_interrupts(&mut self) -> bool {
-        both!(&mut self.queue, q => q.enable_interrupts())
+        self.queue.enable_interrupts()
     }
 
     /// Waits at most `timeout` for the back-end's call; `true` if it came.
