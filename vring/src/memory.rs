@@ -429,6 +429,132 @@ impl RawArea {
     }
 }
 
+/// An array of `count` fixed-size blocks of `LEN` bytes (packed ring
+/// descriptor slots: `LEN` = 16; an event-suppression area: `LEN` = 4, one
+/// block), checked once when it is made: the blocks lie inside the area and
+/// the first is aligned to the largest access a [`Block`] allows. Same crate
+/// invariant as [`RawArea`] (held only next to the memory's keeper).
+///
+/// Indexing checks `i < count` (one compare); the accesses of a [`Block`]
+/// then need no check at all, their offsets being validated at compile time.
+#[derive(Clone, Copy)]
+pub(crate) struct BlockArray<const LEN: usize> {
+    ptr: NonNull<u8>,
+    count: usize,
+}
+
+// SAFETY: as for RawArea: a pointer into memory valid from any thread.
+unsafe impl<const LEN: usize> Send for BlockArray<LEN> {}
+// SAFETY: as above; shared use only performs atomic accesses.
+unsafe impl<const LEN: usize> Sync for BlockArray<LEN> {}
+
+impl<const LEN: usize> fmt::Debug for BlockArray<LEN> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockArray")
+            .field("ptr", &self.ptr)
+            .field("block", &LEN)
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+impl<const LEN: usize> BlockArray<LEN> {
+    /// The alignment of the first block (and so of every block): the
+    /// largest access a block allows.
+    const ALIGN: usize = {
+        assert!(LEN.is_power_of_two() && LEN >= 2);
+        if LEN < 8 { LEN } else { 8 }
+    };
+
+    /// The first `count` blocks of `area`, or `None` if they do not fit in
+    /// it, `count` is 0, or the area's host address is not aligned to
+    /// `min(LEN, 8)`.
+    pub(crate) fn new(area: &RawArea, count: usize) -> Option<Self> {
+        let bytes = count.checked_mul(LEN)?;
+        if count == 0 || bytes > area.len || !area.is_aligned(Self::ALIGN) {
+            return None;
+        }
+        Some(BlockArray {
+            ptr: area.ptr,
+            count,
+        })
+    }
+
+    /// Block `i`, or `None` if `i >= count`.
+    #[inline]
+    pub(crate) fn get(&self, i: u16) -> Option<Block<'_, LEN>> {
+        let i = usize::from(i);
+        if i >= self.count {
+            return None;
+        }
+        // SAFETY: i < count and count * LEN <= the area's length (checked in
+        // `new`), so the block lies inside the area.
+        let ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(i * LEN)) };
+        Some(Block {
+            ptr,
+            _array: PhantomData,
+        })
+    }
+
+    /// The first block (there is at least one, checked in `new`).
+    #[inline]
+    pub(crate) fn first(&self) -> Block<'_, LEN> {
+        Block {
+            ptr: self.ptr,
+            _array: PhantomData,
+        }
+    }
+}
+
+/// One block of a [`BlockArray`]: in bounds and aligned by construction.
+/// Accesses name their offset as a constant, checked at compile time to lie
+/// inside the block at a multiple of the access size.
+#[derive(Clone, Copy)]
+pub(crate) struct Block<'a, const LEN: usize> {
+    ptr: NonNull<u8>,
+    _array: PhantomData<&'a BlockArray<LEN>>,
+}
+
+macro_rules! block_access {
+    ($load:ident, $store:ident, $t:ty, $atomic:ty) => {
+        /// Atomically loads the little-endian value at offset `OFF`.
+        #[inline]
+        pub(crate) fn $load<const OFF: usize>(&self, order: Ordering) -> $t {
+            const {
+                assert!(OFF + size_of::<$t>() <= LEN && OFF % size_of::<$t>() == 0);
+                assert!(size_of::<$t>() <= BlockArray::<LEN>::ALIGN);
+            }
+            // SAFETY: the block lies inside its area and is aligned to
+            // `BlockArray::ALIGN` (checked in `BlockArray::new`); the const
+            // assertions keep the access inside the block and aligned. The
+            // memory is valid for the area's lifetime (crate invariant) and is
+            // only accessed atomically at this offset by this crate.
+            let v =
+                unsafe { <$atomic>::from_ptr(self.ptr.as_ptr().add(OFF).cast::<$t>()) }.load(order);
+            <$t>::from_le(v)
+        }
+
+        /// Atomically stores `value` in little-endian order at offset `OFF`.
+        #[inline]
+        pub(crate) fn $store<const OFF: usize>(&self, value: $t, order: Ordering) {
+            const {
+                assert!(OFF + size_of::<$t>() <= LEN && OFF % size_of::<$t>() == 0);
+                assert!(size_of::<$t>() <= BlockArray::<LEN>::ALIGN);
+            }
+            // SAFETY: as for the load.
+            unsafe { <$atomic>::from_ptr(self.ptr.as_ptr().add(OFF).cast::<$t>()) }
+                .store(value.to_le(), order);
+        }
+    };
+}
+
+#[allow(dead_code)]
+impl<const LEN: usize> Block<'_, LEN> {
+    block_access!(load_u16, store_u16, u16, AtomicU16);
+    block_access!(load_u32, store_u32, u32, AtomicU32);
+    block_access!(load_u64, store_u64, u64, AtomicU64);
+}
+
 /// A host mapping that is not guest memory: the inflight tracking buffer, the
 /// dirty-log bitmap.
 ///
@@ -699,6 +825,33 @@ mod tests {
         assert_eq!(a.read_bytes::<4>(13), None);
         assert_eq!(a.fetch_or_u8(15, 0x80, Ordering::Relaxed), Some(()));
         assert_eq!(a.read_bytes::<1>(15), Some([0x80]));
+    }
+
+    #[test]
+    fn block_arrays_check_bounds_and_alignment_once() {
+        let r = SharedRegion::zeroed(64);
+        let a = r.area();
+        assert!(BlockArray::<16>::new(a, 5).is_none());
+        assert!(BlockArray::<16>::new(a, 0).is_none());
+        let arr = BlockArray::<16>::new(a, 4).unwrap();
+        assert!(arr.get(4).is_none());
+        let b = arr.get(3).unwrap();
+        b.store_u16::<14>(0xbeef, Ordering::Release);
+        b.store_u32::<8>(7, Ordering::Relaxed);
+        assert_eq!(a.load_u16(62, Ordering::Acquire), Some(0xbeef));
+        assert_eq!(b.load_u64::<8>(Ordering::Relaxed), 0xbeef_0000_0000_0007);
+        // Host alignment: 8 for 16-byte blocks, 4 for 4-byte blocks.
+        let at = |off: usize| RawArea {
+            ptr: NonNull::new(a.as_ptr().wrapping_add(off)).unwrap(),
+            len: 32,
+        };
+        assert!(BlockArray::<16>::new(&at(4), 1).is_none());
+        assert!(BlockArray::<4>::new(&at(4), 8).is_some());
+        assert!(BlockArray::<4>::new(&at(2), 1).is_none());
+        let ev = BlockArray::<4>::new(a, 1).unwrap();
+        let e = ev.first();
+        e.store_u16::<2>(3, Ordering::Relaxed);
+        assert_eq!(a.load_u16(2, Ordering::Relaxed), Some(3));
     }
 
     #[test]

@@ -12,7 +12,8 @@ use crate::{Error, QueueConfig, Reader, RingFeatures, RingPosition, Writer};
 use super::descriptors::{AvailChain, Descriptors, NO_INFLIGHT};
 use super::layout::{
     Areas, DESC_FLAGS, DESC_ID, DESC_LEN, EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE,
-    EVENT_FLAGS_ENABLE, EVENT_SUPPRESS_SIZE, Pos, is_avail, should_notify, slot_offset, used_bits,
+    EVENT_FLAGS_ENABLE, EVENT_SUPPRESS_SIZE, Pos, RawDesc, is_avail, read_block, should_notify,
+    slot_offset, used_bits,
 };
 
 /// A used descriptor written (id, len) but not yet flagged, on the inflight
@@ -182,28 +183,53 @@ impl<M: GuestMemory> DeviceQueue<M> {
     pub fn pop(&mut self) -> Result<Option<AvailChain>, Error> {
         let size = self.config.size;
         let head_slot = self.avail.slot;
-        let flags = self
-            .areas
-            .load_flags(head_slot)
-            .ok_or(Error::HeadOutOfRange {
+        // The position is kept below the size, so this is never `None`.
+        let Some(block) = self.areas.slots.get(head_slot) else {
+            return Err(Error::HeadOutOfRange {
                 head: head_slot,
                 size,
-            })?;
+            });
+        };
+        let flags = block.load_u16::<DESC_FLAGS>(Ordering::Acquire);
         if !is_avail(flags, self.avail.wrap) {
             return Ok(None);
         }
-        let mut head = self
-            .areas
-            .read_desc(head_slot)
-            .ok_or(Error::HeadOutOfRange {
-                head: head_slot,
-                size,
-            })?;
+        let mut head = read_block(&block);
         head.flags = flags;
+        if flags & DESC_F_NEXT != 0 || self.inflight.is_some() {
+            return self.pop_list(head).map(Some);
+        }
+        // One slot: the head is also the last descriptor and holds the
+        // Buffer ID (§3.4).
+        let id = head.id;
+        if id >= size {
+            return Err(Error::BufferIdOutOfRange { id, size });
+        }
+        let chain = AvailChain {
+            head_addr: head.addr,
+            seq: self.popped,
+            head_len: head.len,
+            head_flags: flags,
+            id,
+            head_slot,
+            slots: 1,
+            inflight: NO_INFLIGHT,
+            recovered: false,
+        };
+        self.avail = self.avail.advance(1, size);
+        self.popped += 1;
+        Ok(Some(chain))
+    }
+
+    /// [`pop`](Self::pop) for a NEXT list or with an inflight region: `head`
+    /// (available, read after its flags' acquire) is at the avail position.
+    fn pop_list(&mut self, head: RawDesc) -> Result<AvailChain, Error> {
+        let size = self.config.size;
+        let head_slot = self.avail.slot;
         let inflight = match self.inflight.as_mut() {
             Some(region) => {
                 let h = region.begin()?;
-                region.record(h, &head, flags & DESC_F_NEXT == 0)?;
+                region.record(h, &head, head.flags & DESC_F_NEXT == 0)?;
                 h
             }
             None => NO_INFLIGHT,
@@ -241,18 +267,19 @@ impl<M: GuestMemory> DeviceQueue<M> {
             return Err(Error::BufferIdOutOfRange { id, size });
         }
         let chain = AvailChain {
+            head_addr: head.addr,
+            seq: self.popped,
+            head_len: head.len,
+            head_flags: head.flags,
             id,
             head_slot,
             slots,
-            head_wrap: self.avail.wrap,
-            head,
-            seq: self.popped,
             inflight,
             recovered: false,
         };
         self.avail = pos;
         self.popped += u64::from(slots);
-        Ok(Some(chain))
+        Ok(chain)
     }
 
     /// The elements of `chain`, validated as they are walked (see
@@ -306,13 +333,17 @@ impl<M: GuestMemory> DeviceQueue<M> {
         }
         let slot = self.used.slot;
         let flags = used_bits(self.used.wrap) | if len > 0 { DESC_F_WRITE } else { 0 };
-        let off = slot_offset(slot);
-        let ring = &self.areas.ring;
+        // The position is kept below the size, so this is never `None`.
+        let Some(block) = self.areas.slots.get(slot) else {
+            return Err(Error::InvalidPosition {
+                reason: "used slot beyond the queue size",
+            });
+        };
         // id and len first; the flags store (release) publishes them.
-        ring.store_u32(off + DESC_LEN, len, Ordering::Relaxed);
-        ring.store_u16(off + DESC_ID, chain.id, Ordering::Relaxed);
+        block.store_u32::<DESC_LEN>(len, Ordering::Relaxed);
+        block.store_u16::<DESC_ID>(chain.id, Ordering::Relaxed);
         if let (Some(log), Some(base)) = (&self.log, self.used_log_addr) {
-            log.mark(base.wrapping_add(off as u64), 16);
+            log.mark(base.wrapping_add(slot_offset(slot) as u64), 16);
         }
         if self.inflight.is_some() {
             self.pending.push(PendingUsed {
@@ -323,11 +354,11 @@ impl<M: GuestMemory> DeviceQueue<M> {
         } else if self.batch_first.is_none() {
             self.batch_first = Some((slot, flags));
         } else {
-            ring.store_u16(off + DESC_FLAGS, flags, Ordering::Release);
+            block.store_u16::<DESC_FLAGS>(flags, Ordering::Release);
         }
         self.used = self.used.advance(chain.slots, size);
         self.used_seq += u64::from(chain.slots);
-        self.batch_slots += u32::from(chain.slots);
+        self.batch_slots = self.batch_slots.saturating_add(u32::from(chain.slots));
         Ok(())
     }
 
@@ -337,13 +368,14 @@ impl<M: GuestMemory> DeviceQueue<M> {
     /// (§3.7): returns whether the driver must be notified.
     #[inline]
     pub fn publish_used(&mut self) -> bool {
-        if self.batch_slots == 0 && self.batch_first.is_none() && self.pending.is_empty() {
+        // Every add_used adds at least one slot to the batch.
+        if self.batch_slots == 0 {
             return false;
         }
-        if let Some((slot, flags)) = self.batch_first.take() {
-            self.areas
-                .ring
-                .store_u16(slot_offset(slot) + DESC_FLAGS, flags, Ordering::Release);
+        if let Some((slot, flags)) = self.batch_first.take()
+            && let Some(block) = self.areas.slots.get(slot)
+        {
+            block.store_u16::<DESC_FLAGS>(flags, Ordering::Release);
         }
         if let Some(region) = self.inflight.as_mut() {
             publish_inflight(&self.areas, region, &self.pending, self.used);
@@ -490,12 +522,13 @@ impl<M: GuestMemory> DeviceQueue<M> {
         Ok(found
             .into_iter()
             .map(|r| AvailChain {
+                head_addr: r.first.addr,
+                seq: 0,
+                head_len: r.first.len,
+                head_flags: r.first.flags,
                 id: r.id,
                 head_slot: 0,
                 slots: r.num,
-                head_wrap: true,
-                head: r.first,
-                seq: 0,
                 inflight: r.head,
                 recovered: true,
             })

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::desc::{DESC_F_AVAIL, DESC_F_USED, DESC_SIZE};
-use crate::memory::RawArea;
+use crate::memory::{Block, BlockArray, RawArea};
 use crate::{Error, RingArea, need_event};
 
 /// Event suppression flags value: always notify (`RING_EVENT_FLAGS_ENABLE`).
@@ -73,6 +73,21 @@ impl Pos {
 #[inline]
 pub(crate) fn slot_offset(slot: u16) -> usize {
     usize::from(slot) * 16
+}
+
+/// Reads a whole descriptor slot: two aligned 8-byte loads (a 16-byte
+/// volatile copy would be split into byte loads). Call after the acquire
+/// load of its flags, or of the flags of the list's head.
+#[inline]
+pub(crate) fn read_block(b: &Block<'_, 16>) -> RawDesc {
+    let lo = b.load_u64::<0>(Ordering::Relaxed);
+    let hi = b.load_u64::<DESC_LEN>(Ordering::Relaxed);
+    RawDesc {
+        addr: lo,
+        len: hi as u32,
+        id: (hi >> 32) as u16,
+        flags: (hi >> 48) as u16,
+    }
 }
 
 /// The AVAIL/USED bits of a descriptor made available with wrap counter
@@ -159,8 +174,11 @@ impl RawDesc {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Areas {
     pub(crate) ring: RawArea,
-    pub(crate) driver_event: RawArea,
-    pub(crate) device_event: RawArea,
+    /// The ring as `size` descriptor slots: a slot index is the only check
+    /// left on the hot path.
+    pub(crate) slots: BlockArray<16>,
+    pub(crate) driver_event: BlockArray<4>,
+    pub(crate) device_event: BlockArray<4>,
 }
 
 impl Areas {
@@ -201,8 +219,31 @@ impl Areas {
             4,
             4,
         )?;
+        // The checks above (length, host alignment 8 and 4) are what the
+        // block arrays need; `ok_or` only keeps this panic-free.
+        let unmapped = |area, addr, len: usize| Error::RingUnmapped {
+            area,
+            addr,
+            len: len as u64,
+        };
+        let slots = BlockArray::new(&ring, usize::from(size)).ok_or(unmapped(
+            RingArea::Descriptors,
+            config.desc_table,
+            ring_len,
+        ))?;
+        let driver_event = BlockArray::new(&driver_event, 1).ok_or(unmapped(
+            RingArea::Driver,
+            config.driver_area,
+            EVENT_SUPPRESS_SIZE,
+        ))?;
+        let device_event = BlockArray::new(&device_event, 1).ok_or(unmapped(
+            RingArea::Device,
+            config.device_area,
+            EVENT_SUPPRESS_SIZE,
+        ))?;
         Ok(Areas {
             ring,
+            slots,
             driver_event,
             device_event,
         })
@@ -214,8 +255,9 @@ impl Areas {
     pub(crate) fn load_flags(&self, slot: u16) -> Option<u16> {
         // `None` only for a slot beyond the ring (positions are kept below
         // the size, so callers treat it as an error or "nothing there").
-        self.ring
-            .load_u16(slot_offset(slot) + DESC_FLAGS, Ordering::Acquire)
+        self.slots
+            .get(slot)
+            .map(|b| b.load_u16::<DESC_FLAGS>(Ordering::Acquire))
     }
 
     /// Reads the whole descriptor at `slot` (call after the acquire load of
@@ -223,49 +265,39 @@ impl Areas {
     /// ring's host address is 8-byte aligned (checked at setup).
     #[inline]
     pub(crate) fn read_desc(&self, slot: u16) -> Option<RawDesc> {
-        let off = slot_offset(slot);
-        let lo = self.ring.load_u64(off, Ordering::Relaxed)?;
-        let hi = self.ring.load_u64(off + DESC_LEN, Ordering::Relaxed)?;
-        Some(RawDesc {
-            addr: lo,
-            len: hi as u32,
-            id: (hi >> 32) as u16,
-            flags: (hi >> 48) as u16,
-        })
+        self.slots.get(slot).map(|b| read_block(&b))
     }
 
     /// Writes addr, len and id of the descriptor at `slot`, not its flags.
     #[inline]
     pub(crate) fn write_desc_body(&self, slot: u16, d: &RawDesc) {
-        let off = slot_offset(slot);
-        let r = &self.ring;
-        r.store_u64(off, d.addr, Ordering::Relaxed);
-        r.store_u32(off + DESC_LEN, d.len, Ordering::Relaxed);
-        r.store_u16(off + DESC_ID, d.id, Ordering::Relaxed);
+        if let Some(b) = self.slots.get(slot) {
+            b.store_u64::<0>(d.addr, Ordering::Relaxed);
+            b.store_u32::<DESC_LEN>(d.len, Ordering::Relaxed);
+            b.store_u16::<DESC_ID>(d.id, Ordering::Relaxed);
+        }
     }
 
     /// Reads an event-suppression structure: `(flags, off_wrap)`. Flags first,
     /// then `off_wrap` (virtqueue spec §3.7: the reader reads flags, then a
     /// read barrier, then off_wrap); the caller has issued the full fence.
     #[inline]
-    pub(crate) fn read_event(area: &RawArea) -> (u16, u16) {
-        let flags = area
-            .load_u16(EVENT_FLAGS, Ordering::Acquire)
-            .unwrap_or(EVENT_FLAGS_ENABLE);
-        let off_wrap = area
-            .load_u16(EVENT_OFF_WRAP, Ordering::Relaxed)
-            .unwrap_or(0);
+    pub(crate) fn read_event(area: &BlockArray<4>) -> (u16, u16) {
+        let e = area.first();
+        let flags = e.load_u16::<EVENT_FLAGS>(Ordering::Acquire);
+        let off_wrap = e.load_u16::<EVENT_OFF_WRAP>(Ordering::Relaxed);
         (flags, off_wrap)
     }
 
     /// Writes an event-suppression structure: `off_wrap` first, then `flags`
     /// with release (virtqueue spec §3.7).
     #[inline]
-    pub(crate) fn write_event(area: &RawArea, flags: u16, off_wrap: Option<u16>) {
+    pub(crate) fn write_event(area: &BlockArray<4>, flags: u16, off_wrap: Option<u16>) {
+        let e = area.first();
         if let Some(off_wrap) = off_wrap {
-            let _ = area.store_u16(EVENT_OFF_WRAP, off_wrap, Ordering::Relaxed);
+            e.store_u16::<EVENT_OFF_WRAP>(off_wrap, Ordering::Relaxed);
         }
-        let _ = area.store_u16(EVENT_FLAGS, flags, Ordering::Release);
+        e.store_u16::<EVENT_FLAGS>(flags, Ordering::Release);
     }
 }
 
