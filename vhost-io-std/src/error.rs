@@ -268,6 +268,27 @@ pub enum ClientError {
         /// What was wrong.
         reason: String,
     },
+    /// The session refused to send the request: a feature it needs was not
+    /// negotiated, the features are not a subset of the offer, or an earlier
+    /// fatal error closed the session. Nothing was sent.
+    #[error("{request}: not sent: {source}")]
+    NotSent {
+        /// The request.
+        request: vhost_proto::wire::FrontendReq,
+        /// Why.
+        #[source]
+        source: vhost_proto::session::ApiError,
+    },
+    /// The back-end broke the protocol (a malformed, unexpected or
+    /// mismatched reply): the session is closed.
+    #[error("{request}: protocol error, connection closed: {error}")]
+    Protocol {
+        /// The request whose reply was awaited.
+        request: vhost_proto::wire::FrontendReq,
+        /// What was wrong.
+        #[source]
+        error: vhost_proto::session::FatalError,
+    },
     /// The request could not be encoded (a value out of its wire range).
     #[error("encoding failed: {0}")]
     Encode(#[from] vhost_proto::wire::EncodeError),
@@ -277,4 +298,65 @@ pub enum ClientError {
     /// The driver side of a ring failed.
     #[error("driver ring: {0}")]
     Ring(#[from] vring::Error),
+}
+
+/// Why a back-end channel operation failed (either end: the device's
+/// [`BackendChannel`](crate::backend::BackendChannel) or the front-end's
+/// [`FrontendChannel`](crate::frontend::FrontendChannel)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// A socket operation failed.
+    #[error("back-end channel: {op} failed: {source}")]
+    Io {
+        /// The operation (`"sendmsg"`, `"recvmsg"`, ...).
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The peer closed the channel.
+    #[error("back-end channel closed by the peer")]
+    Disconnected,
+    /// No answer within the reply timeout. The channel is out of step (a
+    /// late answer may still come): drop it.
+    #[error("{request}: no answer on the back-end channel within the timeout")]
+    Timeout {
+        /// The request.
+        request: vhost_proto::wire::BackendReq,
+    },
+    /// The device is suspended (every ring stopped, spec §7.3): it must not
+    /// send back-end requests. Nothing was sent.
+    #[error("{request}: not sent, the device is suspended (all rings stopped)")]
+    Suspended {
+        /// The request.
+        request: vhost_proto::wire::BackendReq,
+    },
+    /// The front-end answered non-zero.
+    #[error("{request}: refused by the front-end (value {value})")]
+    Refused {
+        /// The request.
+        request: vhost_proto::wire::BackendReq,
+        /// The non-zero value.
+        value: u64,
+    },
+    /// The session refused the call: a gate that was not negotiated, a stale
+    /// answer token, or a channel closed by an earlier fatal error. Nothing
+    /// was sent.
+    #[error("back-end channel: {0}")]
+    Api(#[from] vhost_proto::session::ApiError),
+    /// The peer broke the protocol: the channel is closed.
+    #[error("back-end channel: protocol error, channel closed: {0}")]
+    Protocol(#[from] vhost_proto::session::FatalError),
+}
+
+impl ChannelError {
+    pub(crate) fn io(op: &'static str, source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+                ChannelError::Disconnected
+            }
+            _ => ChannelError::Io { op, source },
+        }
+    }
 }

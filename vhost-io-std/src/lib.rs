@@ -17,4 +17,4 @@ pub mod error;
 pub mod frontend;
 pub mod os;
 
-pub use error::{ClientError, OsError, ServeError};
+pub use error::{ChannelError, ClientError, OsError, ServeError};

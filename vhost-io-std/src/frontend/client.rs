@@ -1,7 +1,9 @@
-//! A blocking front-end client over the wire codec.
+//! A blocking front-end client over `vhost_proto::frontend::Connection`.
 //!
-//! This drives the codec directly; once `vhost_proto::frontend::Connection`
-//! lands it will carry the negotiation state instead (the public methods stay).
+//! The session owns the protocol state: it checks each request against what
+//! was negotiated, sets NEED_REPLY under REPLY_ACK, matches each reply to its
+//! request and validates it (a hostile reply is a fatal error). This file
+//! only moves bytes: one `sendmsg` per message, one `recvmsg` per reply.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -9,16 +11,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
-use vhost_proto::session::has_reply_body;
+use vhost_proto::frontend::{Connection, Event};
+use vhost_proto::session::Negotiated;
 use vhost_proto::wire::{
-    ConfigFlags, DecodeContext, DeviceStatus, FrontendReply, FrontendReplyDecoder, FrontendReq,
-    FrontendRequest, InflightDesc, Input, MemoryRegion, ProtocolFeatures, RegionFd, VirtioFeatures,
-    VringAddr, VringBase,
+    ConfigFlags, DeviceStatus, FrontendReply, FrontendReq, FrontendRequest, InflightDesc,
+    MemoryRegion, ProtocolFeatures, RegionFd, VirtioFeatures, VringAddr, VringBase,
 };
 
 use crate::ClientError;
 use crate::os::socket::{recv_with_fds, send_all_with_fds};
 
+use super::channel::FrontendChannel;
 /// How long a [`Frontend`] waits for a reply unless told otherwise.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,10 +66,12 @@ pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Frontend {
     stream: UnixStream,
-    decoder: FrontendReplyDecoder<OwnedFd>,
-    ctx: DecodeContext,
-    reply_ack: bool,
+    conn: Connection<OwnedFd>,
     buf: Vec<u8>,
+    /// GET_FEATURES / GET_PROTOCOL_FEATURES answered: the session checks
+    /// SET_FEATURES / SET_PROTOCOL_FEATURES against the offer.
+    features_read: bool,
+    protocol_read: bool,
 }
 
 impl Frontend {
@@ -88,10 +93,10 @@ impl Frontend {
         stream.set_read_timeout(Some(DEFAULT_REPLY_TIMEOUT))?;
         Ok(Frontend {
             stream,
-            decoder: FrontendReplyDecoder::new(DecodeContext::default()),
-            ctx: DecodeContext::default(),
-            reply_ack: false,
+            conn: Connection::new(),
             buf: vec![0u8; 4096 + 64],
+            features_read: false,
+            protocol_read: false,
         })
     }
 
@@ -107,90 +112,104 @@ impl Frontend {
 
     /// Whether REPLY_ACK was negotiated (every request then waits for an ack).
     pub fn reply_ack(&self) -> bool {
-        self.reply_ack
+        self.conn.negotiated().reply_ack()
     }
 
-    /// Sends `req`; waits for its reply or ack when there is one.
+    /// What was offered and negotiated so far (the session's record).
+    pub fn negotiated(&self) -> &Negotiated {
+        self.conn.negotiated()
+    }
+
+    /// Writes every message the session has ready, one `sendmsg` each.
+    fn flush(&mut self, request: FrontendReq) -> Result<(), ClientError> {
+        while let Some(t) = self.conn.poll_transmit() {
+            let fds: Vec<BorrowedFd<'_>> = t.fds.iter().map(AsFd::as_fd).collect();
+            send_all_with_fds(&self.stream, &t.bytes, &fds).map_err(|source| {
+                match source.kind() {
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+                        ClientError::Disconnected { request }
+                    }
+                    _ => ClientError::Io {
+                        request,
+                        op: "sendmsg",
+                        source,
+                    },
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sends `req` through the session; waits for its reply or ack when
+    /// there is one (`None`: acked, or nothing to wait for).
     fn call(
         &mut self,
-        req: FrontendRequest<BorrowedFd<'_>>,
+        req: FrontendRequest<OwnedFd>,
     ) -> Result<Option<FrontendReply<OwnedFd>>, ClientError> {
-        let code = req.code();
-        let body = has_reply_body(code, self.ctx.log_shmfd, self.ctx.postcopy);
-        let need_reply = self.reply_ack && !body;
-        let encoded = req.encode(need_reply, &self.ctx)?;
-        send_all_with_fds(&self.stream, &encoded.bytes, &encoded.fds).map_err(
-            |source| match source.kind() {
-                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
-                    ClientError::Disconnected { request: code }
-                }
-                _ => ClientError::Io {
-                    request: code,
-                    op: "sendmsg",
-                    source,
-                },
-            },
-        )?;
-        if !(body || need_reply) {
-            return Ok(None);
-        }
-        let reply = self.read_reply(code)?;
-        if !body && let FrontendReply::U64 { value } = reply {
-            return if value == 0 {
-                Ok(None)
-            } else {
-                Err(ClientError::Refused {
-                    request: code,
-                    value,
-                })
-            };
-        }
-        Ok(Some(reply))
-    }
-
-    fn read_reply(&mut self, request: FrontendReq) -> Result<FrontendReply<OwnedFd>, ClientError> {
+        let request = req.code();
+        let id = self
+            .conn
+            .send(req)
+            .map_err(|source| ClientError::NotSent { request, source })?;
         loop {
-            let mut fds = Vec::new();
-            let n = match recv_with_fds(&self.stream, &mut self.buf, &mut fds) {
-                Ok(0) => return Err(ClientError::Disconnected { request }),
-                Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(ClientError::Timeout { request });
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return Err(ClientError::Disconnected { request });
-                }
-                Err(source) => {
-                    return Err(ClientError::Io {
-                        request,
-                        op: "recvmsg",
-                        source,
-                    });
-                }
-            };
-            let mut input = Input::new(self.buf.get(..n).unwrap_or_default(), fds);
-            match self.decoder.decode(&mut input) {
-                Ok(Some(r)) => {
-                    if !input.remaining().is_empty() {
-                        return Err(bad(request, "more bytes after the reply"));
+            self.flush(request)?;
+            while let Some(event) = self.conn.poll_event() {
+                match event {
+                    Event::Reply { id: got, reply, .. } if got == id => return Ok(Some(reply)),
+                    Event::Acked { id: got, .. } if got == id => return Ok(None),
+                    Event::Nacked { id: got, value, .. } if got == id => {
+                        return Err(ClientError::Refused { request, value });
                     }
-                    if r.code != request {
-                        return Err(bad(request, format!("reply to {} instead", r.code)));
+                    Event::ConnectionLost { error } => {
+                        return Err(ClientError::Protocol { request, error });
                     }
-                    return Ok(r.message);
+                    // The late completion of a request that timed out.
+                    _ => {}
                 }
-                Ok(None) => continue,
-                Err(e) => return Err(bad(request, e.to_string())),
             }
+            if self.conn.is_idle() {
+                // Sent, and nothing to wait for.
+                return Ok(None);
+            }
+            self.read(request)?;
         }
     }
 
-    fn u64_reply(&mut self, req: FrontendRequest<BorrowedFd<'_>>) -> Result<u64, ClientError> {
+    /// One `recvmsg`, fed to the session.
+    fn read(&mut self, request: FrontendReq) -> Result<(), ClientError> {
+        let mut fds = Vec::new();
+        let room = self.conn.input_room().clamp(1, self.buf.len());
+        let buf = self.buf.get_mut(..room).unwrap_or_default();
+        let n = match recv_with_fds(&self.stream, buf, &mut fds) {
+            Ok(0) => return Err(ClientError::Disconnected { request }),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ClientError::Timeout { request });
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(ClientError::Disconnected { request });
+            }
+            Err(source) => {
+                return Err(ClientError::Io {
+                    request,
+                    op: "recvmsg",
+                    source,
+                });
+            }
+        };
+        let bytes = self.buf.get(..n).unwrap_or_default();
+        self.conn
+            .handle_input(bytes, fds)
+            .map_err(|error| ClientError::Protocol { request, error })
+    }
+
+    fn u64_reply(&mut self, req: FrontendRequest<OwnedFd>) -> Result<u64, ClientError> {
         let code = req.code();
         match self.call(req)? {
             Some(FrontendReply::U64 { value }) => Ok(value),
@@ -200,12 +219,19 @@ impl Frontend {
 
     /// GET_FEATURES.
     pub fn get_features(&mut self) -> Result<VirtioFeatures, ClientError> {
-        self.u64_reply(FrontendRequest::GetFeatures)
-            .map(VirtioFeatures::from_bits_retain)
+        let f = self
+            .u64_reply(FrontendRequest::GetFeatures)
+            .map(VirtioFeatures::from_bits_retain)?;
+        self.features_read = true;
+        Ok(f)
     }
 
-    /// SET_FEATURES.
+    /// SET_FEATURES: a subset of the offer (read with GET_FEATURES first if
+    /// it was not yet; features not offered are refused before sending).
     pub fn set_features(&mut self, features: VirtioFeatures) -> Result<(), ClientError> {
+        if !self.features_read {
+            self.get_features()?;
+        }
         self.call(FrontendRequest::SetFeatures { features })
             .map(drop)
     }
@@ -217,19 +243,24 @@ impl Frontend {
 
     /// GET_PROTOCOL_FEATURES.
     pub fn get_protocol_features(&mut self) -> Result<ProtocolFeatures, ClientError> {
-        self.u64_reply(FrontendRequest::GetProtocolFeatures)
-            .map(ProtocolFeatures::from_bits_retain)
+        let f = self
+            .u64_reply(FrontendRequest::GetProtocolFeatures)
+            .map(ProtocolFeatures::from_bits_retain)?;
+        self.protocol_read = true;
+        Ok(f)
     }
 
-    /// SET_PROTOCOL_FEATURES; with REPLY_ACK in `features`, every later
-    /// request waits for the back-end's ack (and this one is not acked: the
-    /// back-end learns about REPLY_ACK from it).
+    /// SET_PROTOCOL_FEATURES: a subset of the offer, with its dependencies
+    /// (read with GET_PROTOCOL_FEATURES first if it was not yet). With
+    /// REPLY_ACK in `features`, every later request waits for the back-end's
+    /// ack (and this one is not acked: the back-end learns about REPLY_ACK
+    /// from it).
     pub fn set_protocol_features(&mut self, features: ProtocolFeatures) -> Result<(), ClientError> {
-        self.call(FrontendRequest::SetProtocolFeatures { features })?;
-        self.ctx = DecodeContext::from_protocol_features(features);
-        self.decoder.set_context(self.ctx);
-        self.reply_ack = features.contains(ProtocolFeatures::REPLY_ACK);
-        Ok(())
+        if !self.protocol_read {
+            self.get_protocol_features()?;
+        }
+        self.call(FrontendRequest::SetProtocolFeatures { features })
+            .map(drop)
     }
 
     /// GET_QUEUE_NUM (needs MQ).
@@ -249,11 +280,13 @@ impl Frontend {
     ) -> Result<(), ClientError> {
         let regions = regions
             .iter()
-            .map(|(region, fd)| RegionFd {
-                region: *region,
-                fd: *fd,
+            .map(|(region, fd)| {
+                Ok(RegionFd {
+                    region: *region,
+                    fd: dup(FrontendReq::SetMemTable, *fd)?,
+                })
             })
-            .collect();
+            .collect::<Result<_, ClientError>>()?;
         self.call(FrontendRequest::SetMemTable { regions })
             .map(drop)
     }
@@ -265,7 +298,10 @@ impl Frontend {
         fd: BorrowedFd<'_>,
     ) -> Result<(), ClientError> {
         self.call(FrontendRequest::AddMemReg {
-            region: RegionFd { region, fd },
+            region: RegionFd {
+                region,
+                fd: dup(FrontendReq::AddMemReg, fd)?,
+            },
         })
         .map(drop)
     }
@@ -310,6 +346,7 @@ impl Frontend {
         index: u8,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ClientError> {
+        let fd = fd.map(|f| dup(FrontendReq::SetVringKick, f)).transpose()?;
         self.call(FrontendRequest::SetVringKick { index, fd })
             .map(drop)
     }
@@ -320,6 +357,7 @@ impl Frontend {
         index: u8,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ClientError> {
+        let fd = fd.map(|f| dup(FrontendReq::SetVringCall, f)).transpose()?;
         self.call(FrontendRequest::SetVringCall { index, fd })
             .map(drop)
     }
@@ -330,6 +368,7 @@ impl Frontend {
         index: u8,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ClientError> {
+        let fd = fd.map(|f| dup(FrontendReq::SetVringErr, f)).transpose()?;
         self.call(FrontendRequest::SetVringErr { index, fd })
             .map(drop)
     }
@@ -422,23 +461,36 @@ impl Frontend {
         desc: InflightDesc,
         fd: BorrowedFd<'_>,
     ) -> Result<(), ClientError> {
+        let fd = dup(FrontendReq::SetInflightFd, fd)?;
         self.call(FrontendRequest::SetInflightFd { desc, fd })
             .map(drop)
     }
 
     /// SET_BACKEND_REQ_FD: opens the back-end → front-end channel (needs
-    /// BACKEND_REQ) and returns this side's socket. Decoding the back-end's
-    /// requests on it waits for `vhost_proto::frontend::Channel`.
-    pub fn open_backend_channel(&mut self) -> Result<UnixStream, ClientError> {
+    /// BACKEND_REQ) and returns this side of it: a [`FrontendChannel`] that
+    /// yields the back-end's requests, typed and checked against what was
+    /// negotiated, and answers them.
+    pub fn open_backend_channel(&mut self) -> Result<FrontendChannel, ClientError> {
         let code = FrontendReq::SetBackendReqFd;
         let (ours, theirs) = UnixStream::pair().map_err(|source| ClientError::Io {
             request: code,
             op: "socketpair",
             source,
         })?;
-        self.call(FrontendRequest::SetBackendReqFd { fd: theirs.as_fd() })?;
-        Ok(ours)
+        self.call(FrontendRequest::SetBackendReqFd {
+            fd: OwnedFd::from(theirs),
+        })?;
+        Ok(FrontendChannel::new(ours, *self.conn.negotiated()))
     }
+}
+
+/// An owned duplicate of `fd` for the session to send (closed once sent).
+fn dup(request: FrontendReq, fd: BorrowedFd<'_>) -> Result<OwnedFd, ClientError> {
+    fd.try_clone_to_owned().map_err(|source| ClientError::Io {
+        request,
+        op: "dup",
+        source,
+    })
 }
 
 fn bad(request: FrontendReq, reason: impl Into<String>) -> ClientError {

@@ -4,10 +4,12 @@
 //! helpers for a front-end that drives queues itself (tests, probes,
 //! benches).
 
+mod channel;
 mod client;
 mod driver;
 mod memory;
 
+pub use channel::{BackendMessage, FrontendChannel};
 pub use client::{DEFAULT_REPLY_TIMEOUT, Frontend};
 pub use driver::DriverRing;
 pub use memory::{GuestRam, packed_ring, split_ring};
