@@ -8,6 +8,7 @@ use vhost_proto::wire::{ConfigFlags, DeviceStatus, ProtocolFeatures, VirtioFeatu
 
 use crate::os::eventfd::EventFd;
 
+use super::channel::BackendChannel;
 use super::queue::Queue;
 
 /// A vhost-user back-end device served by [`Server`](super::Server).
@@ -251,11 +252,18 @@ pub trait Device: Send + Sync + 'static {
         Err(Refused::because("RARP not supported"))
     }
 
-    /// SET_BACKEND_REQ_FD: the back-end → front-end channel socket.
-    ///
-    /// The blocking `backend::Channel` client that would wrap it waits for
-    /// the session type in vhost-proto; until then the device gets the raw
-    /// socket. Default: dropped (closed).
+    /// SET_BACKEND_REQ_FD, as the std [`Server`](super::Server) delivers
+    /// it: the back-end → front-end channel, ready to send the ten back-end
+    /// requests (gated by what was negotiated, refused while the device is
+    /// suspended). A new SET_BACKEND_REQ_FD hands over a new channel.
+    /// Default: passes the socket to [`backend_channel`](Self::backend_channel).
+    fn backend_channel_opened(&self, channel: BackendChannel) {
+        self.backend_channel(channel.into_stream());
+    }
+
+    /// SET_BACKEND_REQ_FD as a raw socket: what bindings that do not build a
+    /// [`BackendChannel`] deliver (a device can wrap it with
+    /// [`BackendChannel::new`]). Default: dropped (closed).
     fn backend_channel(&self, socket: UnixStream) {
         drop(socket);
     }

@@ -12,6 +12,7 @@
 //! any device that offers INFLIGHT_SHMFD: recovered requests come first out
 //! of [`Queue::pop`].
 
+mod channel;
 mod device;
 mod framing;
 mod queue;
@@ -19,6 +20,7 @@ mod server;
 mod session;
 mod worker;
 
+pub use channel::{BackendChannel, DEFAULT_CHANNEL_TIMEOUT};
 pub use device::Device;
 pub use queue::{Chain, ChainReader, ChainWriter, Memory, Queue};
 pub use server::{Server, ServerHandle, Stopper};

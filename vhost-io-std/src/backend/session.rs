@@ -19,6 +19,7 @@ use crate::os::eventfd::EventFd;
 use crate::os::mmap::{MappedRegion, MemoryMap, RegionLayout, SharedMapping};
 use crate::os::socket::{recv_with_fds, send_all_with_fds};
 
+use super::channel::{BackendChannel, ChannelGate};
 use super::device::Device;
 use super::framing::Framer;
 use super::queue::Queue;
@@ -64,6 +65,8 @@ pub(crate) struct Session<D: Device> {
     calls: Vec<SharedCall>,
     enabled: Vec<Arc<AtomicBool>>,
     inflight: Option<Inflight>,
+    /// Shared with the back-end channels handed to the device.
+    gate: Arc<ChannelGate>,
 }
 
 impl<D: Device> Session<D> {
@@ -78,6 +81,7 @@ impl<D: Device> Session<D> {
             calls: (0..n).map(|_| Arc::new(Mutex::new(None))).collect(),
             enabled: (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect(),
             inflight: None,
+            gate: Arc::new(ChannelGate::new()),
         }
     }
 
@@ -295,7 +299,10 @@ impl<D: Device> Session<D> {
                 self.conn.ack(answer, r)
             }
             Event::BackendChannel { fd } => {
-                self.device.backend_channel(UnixStream::from(fd));
+                self.gate.set_negotiated(*self.conn.negotiated());
+                let channel =
+                    BackendChannel::with_gate(UnixStream::from(fd), Arc::clone(&self.gate));
+                self.device.backend_channel_opened(channel);
                 Ok(())
             }
             Event::InflightGet {
@@ -317,6 +324,12 @@ impl<D: Device> Session<D> {
             }
             other => self.conn.refuse(other),
         };
+        // Channels the device holds follow the session: its negotiation,
+        // and the suspended rule (spec §7.3: no back-end request while every
+        // ring is stopped; the protocol session leaves that rule to us).
+        self.gate.set_negotiated(*self.conn.negotiated());
+        self.gate
+            .set_suspended(self.slots.iter().all(|s| matches!(s, Slot::Idle)));
         if let Err(e) = r {
             // Our answers follow the tokens the connection handed out; a
             // failure here is a bug in this binding, not the peer's doing.
@@ -551,6 +564,7 @@ impl<D: Device> Session<D> {
 
     fn shutdown(&mut self) {
         self.stop_all();
+        self.gate.set_suspended(true);
         self.device.disconnected();
     }
 }

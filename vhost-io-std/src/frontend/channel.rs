@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use vhost_proto::backend::Refused;
 use vhost_proto::frontend::{Channel, ChannelEvent, ChannelToken, LookupToken};
-use vhost_proto::session::{Negotiated, Rejection};
+use vhost_proto::session::{Negotiated, Rejection, Rule};
 use vhost_proto::wire::{BackendRequest, Uuid};
 
 use crate::ChannelError;
@@ -114,6 +114,13 @@ impl FrontendChannel {
                     }
                     ChannelEvent::SharedObjectLookup { uuid, answer } => {
                         BackendMessage::SharedObjectLookup { uuid, answer }
+                    }
+                    // The VMM's own refusals (answered by `ack` or
+                    // `answer_lookup` with an error) are not news to it.
+                    ChannelEvent::Rejected { rejection }
+                        if matches!(rejection.rule, Rule::Refused { .. }) =>
+                    {
+                        continue;
                     }
                     ChannelEvent::Rejected { rejection } => {
                         // Its NACK (if any) is queued: send it now.
