@@ -529,9 +529,8 @@ macro_rules! block_access {
             // assertions keep the access inside the block and aligned. The
             // memory is valid for the area's lifetime (crate invariant) and is
             // only accessed atomically at this offset by this crate.
-            let v =
-                unsafe { <$atomic>::from_ptr(self.ptr.as_ptr().add(OFF).cast::<$t>()) }.load(order);
-            <$t>::from_le(v)
+            let atomic = unsafe { <$atomic>::from_ptr(self.ptr.as_ptr().add(OFF).cast::<$t>()) };
+            <$t>::from_le(atomic.load(order))
         }
 
         /// Atomically stores `value` in little-endian order at offset `OFF`.
@@ -542,8 +541,8 @@ macro_rules! block_access {
                 assert!(size_of::<$t>() <= BlockArray::<LEN>::ALIGN);
             }
             // SAFETY: as for the load.
-            unsafe { <$atomic>::from_ptr(self.ptr.as_ptr().add(OFF).cast::<$t>()) }
-                .store(value.to_le(), order);
+            let atomic = unsafe { <$atomic>::from_ptr(self.ptr.as_ptr().add(OFF).cast::<$t>()) };
+            atomic.store(value.to_le(), order);
         }
     };
 }

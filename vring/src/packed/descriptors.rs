@@ -24,79 +24,148 @@ pub(crate) const NO_INFLIGHT: u16 = u16::MAX;
 /// descriptors reuse those slots (virtqueue spec §3.5). Walking a list whose
 /// slots were reused reports [`Error::ChainOverwritten`], never stale data.
 ///
-/// 32 bytes: the head's address, length and flags (its Buffer ID field is
-/// the buffer's `id` for a one-slot buffer and unused otherwise), the pop
-/// sequence number and five small fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// 32 bytes in four words, so that handing it around (a `Vec` of popped
+/// buffers) is four moves: the head's address; the head's second word as in
+/// the ring (length, then a recovered mark where the ring has the Buffer ID,
+/// then flags); the pop sequence number; and the head slot, slot count,
+/// inflight entry and Buffer ID.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct AvailChain {
-    pub(crate) head_addr: u64,
+    head_addr: u64,
+    /// len (bits 0..32) | recovered (bit 32) | flags (bits 48..64).
+    head_hi: u64,
     /// How many ring slots the device had popped before this buffer.
     pub(crate) seq: u64,
-    pub(crate) head_len: u32,
-    pub(crate) head_flags: u16,
-    pub(crate) id: u16,
-    pub(crate) head_slot: u16,
-    pub(crate) slots: u16,
-    /// This buffer's head entry in the inflight region, or [`NO_INFLIGHT`].
-    pub(crate) inflight: u16,
-    /// Recovered from the inflight region: walk the saved copies.
-    pub(crate) recovered: bool,
+    /// head_slot (bits 0..16) | slots (16..32) | inflight entry (32..48) |
+    /// Buffer ID (48..64).
+    meta: u64,
 }
 
 // The handle is copied into and out of callers' queues per buffer.
 const _: () = assert!(size_of::<AvailChain>() == 32);
 
+const RECOVERED: u64 = 1 << 32;
+
 impl AvailChain {
+    /// A handle. `inflight` is the head entry in the inflight region, or
+    /// [`NO_INFLIGHT`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(crate) fn new(
+        head: &RawDesc,
+        seq: u64,
+        id: u16,
+        head_slot: u16,
+        slots: u16,
+        inflight: u16,
+        recovered: bool,
+    ) -> Self {
+        AvailChain {
+            head_addr: head.addr,
+            head_hi: u64::from(head.len)
+                | if recovered { RECOVERED } else { 0 }
+                | u64::from(head.flags) << 48,
+            seq,
+            meta: u64::from(head_slot)
+                | u64::from(slots) << 16
+                | u64::from(inflight) << 32
+                | u64::from(id) << 48,
+        }
+    }
+
+    /// A one-slot buffer popped from the ring: `hi` is the second word of
+    /// its descriptor as read (len, Buffer ID = `id`, flags), `flags` the
+    /// acquire-loaded flags.
+    #[inline]
+    pub(crate) fn one_slot(addr: u64, hi: u64, flags: u16, seq: u64, head_slot: u16) -> Self {
+        AvailChain {
+            head_addr: addr,
+            head_hi: (hi & 0xffff_ffff) | u64::from(flags) << 48,
+            seq,
+            meta: u64::from(head_slot)
+                | 1 << 16
+                | u64::from(NO_INFLIGHT) << 32
+                | (hi >> 32 & 0xffff) << 48,
+        }
+    }
+
     /// The Buffer ID the driver gave the buffer (from its last descriptor,
     /// virtqueue spec §3.4); the used descriptor carries it back.
     #[inline]
     pub fn id(&self) -> u16 {
-        self.id
+        (self.meta >> 48) as u16
     }
 
     /// The ring slot of the buffer's first descriptor.
     #[inline]
     pub fn head_slot(&self) -> u16 {
-        self.head_slot
+        self.meta as u16
     }
 
     /// The number of ring slots the buffer takes (1 for an indirect buffer):
     /// how far the used position skips when it is completed.
     #[inline]
     pub fn slots(&self) -> u16 {
-        self.slots
+        (self.meta >> 16) as u16
     }
 
     /// Whether the buffer came back from the inflight region after a restart
     /// (its elements are read from the saved copies).
     #[inline]
     pub fn is_recovered(&self) -> bool {
-        self.recovered
+        self.head_hi & RECOVERED != 0
     }
 
-    /// The head descriptor (its `id` field is not kept).
+    /// This buffer's head entry in the inflight region, or [`NO_INFLIGHT`].
     #[inline]
-    fn head(&self) -> RawDesc {
-        RawDesc {
-            addr: self.head_addr,
-            len: self.head_len,
-            id: self.id,
-            flags: self.head_flags,
-        }
+    pub(crate) fn inflight(&self) -> u16 {
+        (self.meta >> 32) as u16
+    }
+
+    #[inline]
+    fn head_len(&self) -> u32 {
+        self.head_hi as u32
+    }
+
+    #[inline]
+    fn head_flags(&self) -> u16 {
+        (self.head_hi >> 48) as u16
     }
 }
 
-/// Where the iterator is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+impl std::fmt::Debug for AvailChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AvailChain")
+            .field("id", &self.id())
+            .field("head_slot", &self.head_slot())
+            .field("slots", &self.slots())
+            .field("head_addr", &format_args!("{:#x}", self.head_addr))
+            .field("head_len", &self.head_len())
+            .field("head_flags", &format_args!("{:#x}", self.head_flags()))
+            .field("seq", &self.seq)
+            .field("inflight", &self.inflight())
+            .field("recovered", &self.is_recovered())
+            .finish()
+    }
+}
+
+/// Where the iterator is. The data of the rarer states lives in their
+/// variants, so making the iterator only writes what a one-slot buffer needs.
+#[derive(Debug, Clone, Copy)]
+enum State<'a> {
     /// The head is next (always the first element).
     Head,
-    /// Ring slots after `at`.
-    Ring,
-    /// Inflight entries after `at`, linked by `next`.
-    Inflight,
-    /// The indirect table's entries from `table_next`.
-    Table,
+    /// The list's descriptors after the head are next.
+    ListStart,
+    /// Direct descriptors after the head: `at` is the last ring slot (or
+    /// inflight entry, for a recovered buffer) read, `left` how many follow.
+    List { at: u16, left: u16 },
+    /// The indirect table's entries from `next` on (of `len`).
+    Table {
+        table: GuestSlice<'a>,
+        next: u32,
+        len: u32,
+    },
     /// Finished (normally or after an error): yields `None`.
     Done,
     /// Report [`Error::ChainOverwritten`] first.
@@ -121,22 +190,29 @@ pub struct Descriptors<'a, M: ?Sized> {
     mem: &'a M,
     areas: &'a Areas,
     inflight: Option<&'a PackedInflight>,
-    head: RawDesc,
-    state: State,
-    /// Where the direct descriptors after the head come from.
-    rest: State,
-    /// The last ring slot or inflight entry read.
-    at: u16,
-    /// Direct descriptors left after the head.
-    left: u16,
-    id: u16,
+    chain: AvailChain,
+    walk: Walk<'a>,
     size: u16,
     indirect_ok: bool,
+}
+
+/// What changes while walking.
+#[derive(Debug, Clone, Copy)]
+struct Walk<'a> {
+    state: State<'a>,
     seen_writable: bool,
-    table: Option<GuestSlice<'a>>,
-    table_next: u32,
-    table_len: u32,
     total: u64,
+}
+
+/// What the out-of-line part of the walk reads (by value: the iterator
+/// itself never has its address taken, so it can live in registers).
+#[derive(Clone, Copy)]
+struct Ctx<'a, M: ?Sized> {
+    mem: &'a M,
+    areas: &'a Areas,
+    inflight: Option<&'a PackedInflight>,
+    size: u16,
+    indirect_ok: bool,
 }
 
 impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
@@ -153,80 +229,44 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
         indirect_ok: bool,
         stale: bool,
     ) -> Self {
-        let (state, rest, at) = if chain.recovered {
-            let state = if inflight.is_some() {
+        let state = if chain.is_recovered() {
+            if inflight.is_some() {
                 State::Head
             } else {
                 State::NoRegion
-            };
-            (state, State::Inflight, chain.inflight)
+            }
         } else if stale {
-            (State::Overwritten, State::Ring, chain.head_slot)
+            State::Overwritten
         } else {
-            (State::Head, State::Ring, chain.head_slot)
+            State::Head
         };
         Descriptors {
             mem,
             areas,
             inflight,
-            head: chain.head(),
-            state,
-            rest,
-            at,
-            left: chain.slots.saturating_sub(1),
-            id: chain.id,
+            chain: *chain,
+            walk: Walk {
+                state,
+                seen_writable: false,
+                total: 0,
+            },
             size,
             indirect_ok,
-            seen_writable: false,
-            table: None,
-            table_next: 0,
-            table_len: 0,
-            total: 0,
         }
     }
 
-    /// Where the iterator goes after the head.
+    /// The head as the first element, when it is direct.
     #[inline]
-    fn after_head(&self) -> State {
-        if self.left == 0 {
+    fn direct_head(&mut self) -> Result<Descriptor, Error> {
+        let c = &self.chain;
+        let (addr, len, flags) = (c.head_addr, c.head_len(), c.head_flags());
+        self.walk.state = if c.slots() > 1 {
+            State::ListStart
+        } else {
             State::Done
-        } else {
-            self.rest
-        }
-    }
-
-    /// The next direct descriptor after the head, from the ring or the
-    /// inflight copies (`left > 0`).
-    fn next_direct(&mut self) -> Result<RawDesc, Error> {
-        self.left -= 1;
-        if self.left == 0 {
-            self.state = State::Done;
-        }
-        if self.rest == State::Inflight {
-            let region = self.inflight.ok_or(Error::InvalidInflight {
-                reason: "recovered chain without an inflight region",
-            })?;
-            let next = region.entry_next(self.at)?;
-            self.at = next;
-            return region.entry_desc(next);
-        }
-        self.at = if self.at + 1 >= self.size {
-            0
-        } else {
-            self.at + 1
         };
-        // The head's acquire load (at pop) ordered these reads: the driver
-        // writes the head's flags last (virtqueue spec §3.4).
-        self.areas.read_desc(self.at).ok_or(Error::NextOutOfRange {
-            next: self.at,
-            size: u32::from(self.size),
-        })
-    }
-
-    /// Turns a raw element after the first into a [`Descriptor`], checking
-    /// the framing rules.
-    #[inline]
-    fn element(&mut self, addr: u64, len: u32, flags: u16) -> Result<Descriptor, Error> {
+        // Nothing came before the head, so only its address can be wrong
+        // (one u32 length cannot exceed 2^32).
         if addr.checked_add(u64::from(len)).is_none() {
             return Err(Error::AddressOverflow {
                 addr,
@@ -234,126 +274,201 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
             });
         }
         let writable = flags & DESC_F_WRITE != 0;
-        if writable {
-            self.seen_writable = true;
-        } else if self.seen_writable {
-            return Err(Error::ReadableAfterWritable);
-        }
-        self.total += u64::from(len);
-        if self.total > 1 << 32 {
-            return Err(Error::ChainLengthOverflow);
-        }
+        self.walk.seen_writable = writable;
+        self.walk.total = u64::from(len);
         Ok(Descriptor {
             addr,
             len,
             writable,
         })
     }
+}
 
-    /// The head as the first element of the buffer: nothing came before it,
-    /// so only the address can be wrong (one u32 length cannot exceed 2^32).
-    #[inline]
-    fn first_element(&mut self) -> Result<Descriptor, Error> {
-        let RawDesc {
-            addr, len, flags, ..
-        } = self.head;
-        if addr.checked_add(u64::from(len)).is_none() {
-            return Err(Error::AddressOverflow {
-                addr,
-                len: u64::from(len),
-            });
-        }
-        let writable = flags & DESC_F_WRITE != 0;
-        self.seen_writable = writable;
-        self.total = u64::from(len);
-        Ok(Descriptor {
-            addr,
-            len,
-            writable,
-        })
-    }
+/// Every step but a direct head: an indirect head, list slots, table
+/// entries, the errors known when the iterator was made. Returns the new
+/// walk state with the step's result.
+#[inline(never)]
+fn slow_step<'a, M: GuestMemory + ?Sized>(
+    ctx: Ctx<'a, M>,
+    chain: AvailChain,
+    mut walk: Walk<'a>,
+) -> (Walk<'a>, Result<Option<Descriptor>, Error>) {
+    let r = slow_step_in(ctx, &chain, &mut walk);
+    (walk, r)
+}
 
-    /// Everything but a direct head: list slots, indirect tables, errors
-    /// known when the iterator was made.
-    fn step(&mut self) -> Result<Option<Descriptor>, Error> {
-        let d = match self.state {
-            State::Done => return Ok(None),
-            State::Overwritten => return Err(Error::ChainOverwritten { id: self.id }),
-            State::NoRegion => {
-                return Err(Error::InvalidInflight {
-                    reason: "recovered chain without an inflight region",
-                });
-            }
-            State::Table => {
-                let Some(table) = self.table else {
-                    return Ok(None);
-                };
-                if self.table_next >= self.table_len {
-                    return Ok(None);
-                }
-                let mut b = [0u8; 16];
-                table.read_at(self.table_next as usize * 16, &mut b)?;
-                self.table_next += 1;
-                if self.table_next >= self.table_len {
-                    self.state = State::Done;
-                }
-                let d = RawDesc::from_bytes(b);
-                // Inside a table only WRITE is valid; the rest is reserved
-                // and ignored, except a nested INDIRECT (virtqueue spec §3.6).
-                if d.flags & DESC_F_INDIRECT != 0 {
-                    return Err(Error::NestedIndirect);
-                }
-                return self.element(d.addr, d.len, d.flags).map(Some);
-            }
-            State::Head => {
-                self.state = self.after_head();
-                let d = self.head;
-                if d.flags & DESC_F_INDIRECT == 0 {
-                    return self.first_element().map(Some);
-                }
-                d
-            }
-            State::Ring | State::Inflight => {
-                if self.left == 0 {
-                    return Ok(None);
-                }
-                let d = self.next_direct()?;
-                if d.flags & DESC_F_INDIRECT == 0 {
-                    return self.element(d.addr, d.len, d.flags).map(Some);
-                }
-                // An indirect buffer is one ring descriptor, never part of a
-                // NEXT list (virtqueue spec §3.6).
+fn slow_step_in<'a, M: GuestMemory + ?Sized>(
+    ctx: Ctx<'a, M>,
+    chain: &AvailChain,
+    walk: &mut Walk<'a>,
+) -> Result<Option<Descriptor>, Error> {
+    let d = match walk.state {
+        State::Head => {
+            // An indirect head (a direct one takes the fast path). An
+            // indirect buffer is one ring descriptor, never part of a NEXT
+            // list; its WRITE flag is reserved (virtqueue spec §3.6).
+            if chain.slots() > 1 {
                 return Err(Error::IndirectWithNext);
             }
-        };
-        // The head is INDIRECT. An indirect buffer is one ring descriptor,
-        // never part of a NEXT list; its WRITE flag is reserved (§3.6).
-        if self.left > 0 {
-            return Err(Error::IndirectWithNext);
+            let (table, len) = open_table(
+                ctx.mem,
+                chain.head_addr,
+                chain.head_len(),
+                ctx.indirect_ok,
+                ctx.size,
+            )?;
+            walk.state = State::Table {
+                table,
+                next: 0,
+                len,
+            };
+            return slow_step_in(ctx, chain, walk);
         }
-        if !self.indirect_ok {
-            return Err(Error::IndirectNotNegotiated);
+        State::ListStart => {
+            walk.state = State::List {
+                at: if chain.is_recovered() {
+                    chain.inflight()
+                } else {
+                    chain.head_slot()
+                },
+                left: chain.slots().saturating_sub(1),
+            };
+            return slow_step_in(ctx, chain, walk);
         }
-        if d.len == 0 || !d.len.is_multiple_of(16) {
-            return Err(Error::IndirectLength { len: d.len });
+        State::List { at, left } => {
+            if left == 0 {
+                return Ok(None);
+            }
+            let (at, d) = list_next(ctx.areas, ctx.inflight, chain.is_recovered(), at, ctx.size)?;
+            walk.state = if left > 1 {
+                State::List { at, left: left - 1 }
+            } else {
+                State::Done
+            };
+            // An indirect buffer is never part of a NEXT list (§3.6).
+            if d.flags & DESC_F_INDIRECT != 0 {
+                return Err(Error::IndirectWithNext);
+            }
+            d
         }
-        let entries = d.len / 16;
-        if entries > u32::from(self.size) {
-            return Err(Error::ChainTooLong {
-                max: u32::from(self.size),
+        State::Table { table, next, len } => {
+            if next >= len {
+                return Ok(None);
+            }
+            let d = table_entry(table, next)?;
+            walk.state = if next + 1 < len {
+                State::Table {
+                    table,
+                    next: next + 1,
+                    len,
+                }
+            } else {
+                State::Done
+            };
+            // Inside a table only WRITE is valid; the rest is reserved and
+            // ignored, except a nested INDIRECT (virtqueue spec §3.6).
+            if d.flags & DESC_F_INDIRECT != 0 {
+                return Err(Error::NestedIndirect);
+            }
+            d
+        }
+        State::Overwritten => return Err(Error::ChainOverwritten { id: chain.id() }),
+        State::NoRegion => {
+            return Err(Error::InvalidInflight {
+                reason: "recovered chain without an inflight region",
             });
         }
-        if d.addr.checked_add(u64::from(d.len)).is_none() {
-            return Err(Error::AddressOverflow {
-                addr: d.addr,
-                len: u64::from(d.len),
-            });
-        }
-        self.table = Some(GuestSlice::new(self.mem, d.addr, d.len as usize)?);
-        self.table_len = entries;
-        self.state = State::Table;
-        self.step()
+        State::Done => return Ok(None),
+    };
+    let (addr, len) = (d.addr, d.len);
+    if addr.checked_add(u64::from(len)).is_none() {
+        return Err(Error::AddressOverflow {
+            addr,
+            len: u64::from(len),
+        });
     }
+    let writable = d.flags & DESC_F_WRITE != 0;
+    if writable {
+        walk.seen_writable = true;
+    } else if walk.seen_writable {
+        return Err(Error::ReadableAfterWritable);
+    }
+    walk.total += u64::from(len);
+    if walk.total > 1 << 32 {
+        return Err(Error::ChainLengthOverflow);
+    }
+    Ok(Some(Descriptor {
+        addr,
+        len,
+        writable,
+    }))
+}
+
+/// The direct descriptor after `at` (a ring slot, or an inflight entry for a
+/// recovered buffer) and where it is. Takes values, not the iterator, so the
+/// iterator can live in registers.
+#[inline(never)]
+fn list_next(
+    areas: &Areas,
+    inflight: Option<&PackedInflight>,
+    recovered: bool,
+    at: u16,
+    size: u16,
+) -> Result<(u16, RawDesc), Error> {
+    if recovered {
+        let region = inflight.ok_or(Error::InvalidInflight {
+            reason: "recovered chain without an inflight region",
+        })?;
+        let next = region.entry_next(at)?;
+        return Ok((next, region.entry_desc(next)?));
+    }
+    let slot = if at + 1 >= size { 0 } else { at + 1 };
+    // The head's acquire load (at pop) ordered these reads: the driver
+    // writes the head's flags last (virtqueue spec §3.4).
+    let d = areas.read_desc(slot).ok_or(Error::NextOutOfRange {
+        next: slot,
+        size: u32::from(size),
+    })?;
+    Ok((slot, d))
+}
+
+/// Checks an indirect head (`addr`, `len`) and translates its table: the
+/// table and its entry count.
+#[inline(never)]
+fn open_table<M: GuestMemory + ?Sized>(
+    mem: &M,
+    addr: u64,
+    len: u32,
+    indirect_ok: bool,
+    size: u16,
+) -> Result<(GuestSlice<'_>, u32), Error> {
+    if !indirect_ok {
+        return Err(Error::IndirectNotNegotiated);
+    }
+    if len == 0 || !len.is_multiple_of(16) {
+        return Err(Error::IndirectLength { len });
+    }
+    let entries = len / 16;
+    if entries > u32::from(size) {
+        return Err(Error::ChainTooLong {
+            max: u32::from(size),
+        });
+    }
+    if addr.checked_add(u64::from(len)).is_none() {
+        return Err(Error::AddressOverflow {
+            addr,
+            len: u64::from(len),
+        });
+    }
+    Ok((GuestSlice::new(mem, addr, len as usize)?, entries))
+}
+
+/// Entry `i` of an indirect table (a byte copy: the table may be unaligned).
+#[inline]
+fn table_entry(table: GuestSlice<'_>, i: u32) -> Result<RawDesc, Error> {
+    let mut b = [0u8; 16];
+    table.read_at(i as usize * 16, &mut b)?;
+    Ok(RawDesc::from_bytes(b))
 }
 
 impl<M: GuestMemory + ?Sized> Iterator for Descriptors<'_, M> {
@@ -361,23 +476,32 @@ impl<M: GuestMemory + ?Sized> Iterator for Descriptors<'_, M> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        let r = if self.state == State::Head && self.head.flags & DESC_F_INDIRECT == 0 {
-            // The common first step: a direct head.
-            self.state = self.after_head();
-            self.first_element().map(Some)
-        } else if self.state == State::Done {
-            return None;
-        } else {
-            self.step()
+        let r = match self.walk.state {
+            State::Done => return None,
+            State::Head if self.chain.head_flags() & DESC_F_INDIRECT == 0 => {
+                self.direct_head().map(Some)
+            }
+            _ => {
+                let ctx = Ctx {
+                    mem: self.mem,
+                    areas: self.areas,
+                    inflight: self.inflight,
+                    size: self.size,
+                    indirect_ok: self.indirect_ok,
+                };
+                let (walk, r) = slow_step(ctx, self.chain, self.walk);
+                self.walk = walk;
+                r
+            }
         };
         match r {
             Ok(Some(d)) => Some(Ok(d)),
             Ok(None) => {
-                self.state = State::Done;
+                self.walk.state = State::Done;
                 None
             }
             Err(e) => {
-                self.state = State::Done;
+                self.walk.state = State::Done;
                 Some(Err(e))
             }
         }

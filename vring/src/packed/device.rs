@@ -12,8 +12,8 @@ use crate::{Error, QueueConfig, Reader, RingFeatures, RingPosition, Writer};
 use super::descriptors::{AvailChain, Descriptors, NO_INFLIGHT};
 use super::layout::{
     Areas, DESC_FLAGS, DESC_ID, DESC_LEN, EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE,
-    EVENT_FLAGS_ENABLE, EVENT_SUPPRESS_SIZE, Pos, RawDesc, is_avail, read_block, should_notify,
-    slot_offset, used_bits,
+    EVENT_FLAGS_ENABLE, EVENT_SUPPRESS_SIZE, Pos, RawDesc, is_avail, should_notify, slot_offset,
+    used_bits,
 };
 
 /// A used descriptor written (id, len) but not yet flagged, on the inflight
@@ -194,28 +194,20 @@ impl<M: GuestMemory> DeviceQueue<M> {
         if !is_avail(flags, self.avail.wrap) {
             return Ok(None);
         }
-        let mut head = read_block(&block);
-        head.flags = flags;
+        let addr = block.load_u64::<0>(Ordering::Relaxed);
+        let hi = block.load_u64::<DESC_LEN>(Ordering::Relaxed);
         if flags & DESC_F_NEXT != 0 || self.inflight.is_some() {
+            let mut head = RawDesc::from_words(addr, hi);
+            head.flags = flags;
             return self.pop_list(head).map(Some);
         }
         // One slot: the head is also the last descriptor and holds the
         // Buffer ID (§3.4).
-        let id = head.id;
+        let id = (hi >> 32) as u16;
         if id >= size {
             return Err(Error::BufferIdOutOfRange { id, size });
         }
-        let chain = AvailChain {
-            head_addr: head.addr,
-            seq: self.popped,
-            head_len: head.len,
-            head_flags: flags,
-            id,
-            head_slot,
-            slots: 1,
-            inflight: NO_INFLIGHT,
-            recovered: false,
-        };
+        let chain = AvailChain::one_slot(addr, hi, flags, self.popped, head_slot);
         self.avail = self.avail.advance(1, size);
         self.popped += 1;
         Ok(Some(chain))
@@ -266,17 +258,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
         if id >= size {
             return Err(Error::BufferIdOutOfRange { id, size });
         }
-        let chain = AvailChain {
-            head_addr: head.addr,
-            seq: self.popped,
-            head_len: head.len,
-            head_flags: head.flags,
-            id,
-            head_slot,
-            slots,
-            inflight,
-            recovered: false,
-        };
+        let chain = AvailChain::new(&head, self.popped, id, head_slot, slots, inflight, false);
         self.avail = pos;
         self.popped += u64::from(slots);
         Ok(chain)
@@ -289,7 +271,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
         // The list's slots after the head are intact until the used position
         // reaches them (the device's used writes and the driver's reuse both
         // happen behind it).
-        let stale = chain.slots > 1 && self.used_seq > chain.seq + 1;
+        let stale = chain.slots() > 1 && self.used_seq > chain.seq + 1;
         Descriptors::new(
             &self.mem,
             &self.areas,
@@ -326,7 +308,8 @@ impl<M: GuestMemory> DeviceQueue<M> {
     #[inline]
     pub fn add_used(&mut self, chain: &AvailChain, len: u32) -> Result<(), Error> {
         let size = self.config.size;
-        if chain.slots == 0 || chain.slots > size {
+        let slots = chain.slots();
+        if slots == 0 || slots > size {
             return Err(Error::InvalidPosition {
                 reason: "chain does not belong to this queue",
             });
@@ -341,7 +324,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
         };
         // id and len first; the flags store (release) publishes them.
         block.store_u32::<DESC_LEN>(len, Ordering::Relaxed);
-        block.store_u16::<DESC_ID>(chain.id, Ordering::Relaxed);
+        block.store_u16::<DESC_ID>(chain.id(), Ordering::Relaxed);
         if let (Some(log), Some(base)) = (&self.log, self.used_log_addr) {
             log.mark(base.wrapping_add(slot_offset(slot) as u64), 16);
         }
@@ -349,16 +332,16 @@ impl<M: GuestMemory> DeviceQueue<M> {
             self.pending.push(PendingUsed {
                 slot,
                 flags,
-                inflight: chain.inflight,
+                inflight: chain.inflight(),
             });
         } else if self.batch_first.is_none() {
             self.batch_first = Some((slot, flags));
         } else {
             block.store_u16::<DESC_FLAGS>(flags, Ordering::Release);
         }
-        self.used = self.used.advance(chain.slots, size);
-        self.used_seq += u64::from(chain.slots);
-        self.batch_slots = self.batch_slots.saturating_add(u32::from(chain.slots));
+        self.used = self.used.advance(slots, size);
+        self.used_seq += u64::from(slots);
+        self.batch_slots = self.batch_slots.saturating_add(u32::from(slots));
         Ok(())
     }
 
@@ -521,17 +504,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
         self.pending.clear();
         Ok(found
             .into_iter()
-            .map(|r| AvailChain {
-                head_addr: r.first.addr,
-                seq: 0,
-                head_len: r.first.len,
-                head_flags: r.first.flags,
-                id: r.id,
-                head_slot: 0,
-                slots: r.num,
-                inflight: r.head,
-                recovered: true,
-            })
+            .map(|r| AvailChain::new(&r.first, 0, r.id, 0, r.num, r.head, true))
             .collect())
     }
 }

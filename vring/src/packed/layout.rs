@@ -80,14 +80,10 @@ pub(crate) fn slot_offset(slot: u16) -> usize {
 /// load of its flags, or of the flags of the list's head.
 #[inline]
 pub(crate) fn read_block(b: &Block<'_, 16>) -> RawDesc {
-    let lo = b.load_u64::<0>(Ordering::Relaxed);
-    let hi = b.load_u64::<DESC_LEN>(Ordering::Relaxed);
-    RawDesc {
-        addr: lo,
-        len: hi as u32,
-        id: (hi >> 32) as u16,
-        flags: (hi >> 48) as u16,
-    }
+    RawDesc::from_words(
+        b.load_u64::<0>(Ordering::Relaxed),
+        b.load_u64::<DESC_LEN>(Ordering::Relaxed),
+    )
 }
 
 /// The AVAIL/USED bits of a descriptor made available with wrap counter
@@ -127,6 +123,17 @@ pub(crate) struct RawDesc {
 }
 
 impl RawDesc {
+    /// From the descriptor's two little-endian 8-byte words.
+    #[inline]
+    pub(crate) fn from_words(lo: u64, hi: u64) -> RawDesc {
+        RawDesc {
+            addr: lo,
+            len: hi as u32,
+            id: (hi >> 32) as u16,
+            flags: (hi >> 48) as u16,
+        }
+    }
+
     #[inline]
     pub(crate) fn from_bytes(b: [u8; 16]) -> RawDesc {
         let [
