@@ -2,10 +2,10 @@
 //! elements ([`Descriptors`]), which follows direct lists and indirect
 //! tables and reports every malformed layout as a typed error.
 
-use crate::Error;
 use crate::desc::{DESC_F_INDIRECT, DESC_F_WRITE, Descriptor};
 use crate::inflight::packed::PackedInflight;
 use crate::memory::{GuestMemory, GuestSlice};
+use crate::{Error, QueueConfig};
 
 use super::layout::{Areas, RawDesc};
 
@@ -122,6 +122,14 @@ impl AvailChain {
         (self.meta >> 32) as u16
     }
 
+    /// One ring slot holding a direct descriptor, popped (not recovered):
+    /// the buffer is its head alone.
+    #[inline]
+    fn is_one_direct_slot(&self) -> bool {
+        const INDIRECT: u64 = (DESC_F_INDIRECT as u64) << 48;
+        self.head_hi & (INDIRECT | RECOVERED) == 0 && self.slots() == 1
+    }
+
     #[inline]
     fn head_len(&self) -> u32 {
         self.head_hi as u32
@@ -168,10 +176,6 @@ enum State<'a> {
     },
     /// Finished (normally or after an error): yields `None`.
     Done,
-    /// Report [`Error::ChainOverwritten`] first.
-    Overwritten,
-    /// Report a recovered buffer without an inflight region first.
-    NoRegion,
 }
 
 /// The elements of one packed buffer, in order: an iterator of
@@ -185,15 +189,22 @@ enum State<'a> {
 /// error it yields `None` (it is fused). Element addresses are not
 /// translated here; the [`Reader`](crate::Reader)/[`Writer`](crate::Writer)
 /// translate each element when they reach it.
+///
+/// A one-slot direct buffer (the common case) is yielded by an inline fast
+/// path; everything else goes through one out-of-line function over a copy
+/// of the iterator's state, so the iterator never has its address taken and
+/// can live in registers.
 #[derive(Debug)]
 pub struct Descriptors<'a, M: ?Sized> {
     mem: &'a M,
     areas: &'a Areas,
-    inflight: Option<&'a PackedInflight>,
+    inflight: &'a Option<PackedInflight>,
+    config: &'a QueueConfig,
     chain: AvailChain,
+    /// Ring slots the used position had moved over when the iterator was
+    /// made (for the overwritten-list check).
+    used_seq: u64,
     walk: Walk<'a>,
-    size: u16,
-    indirect_ok: bool,
 }
 
 /// What changes while walking.
@@ -204,89 +215,74 @@ struct Walk<'a> {
     total: u64,
 }
 
-/// What the out-of-line part of the walk reads (by value: the iterator
-/// itself never has its address taken, so it can live in registers).
+/// What the out-of-line part of the walk reads.
 #[derive(Clone, Copy)]
 struct Ctx<'a, M: ?Sized> {
     mem: &'a M,
     areas: &'a Areas,
-    inflight: Option<&'a PackedInflight>,
-    size: u16,
-    indirect_ok: bool,
+    inflight: &'a Option<PackedInflight>,
+    config: &'a QueueConfig,
+    used_seq: u64,
 }
 
 impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
     /// The iterator over `chain`, whose list is in `areas` (or in `inflight`
-    /// for a recovered buffer). `stale` says the device has reused the list's
-    /// slots since it was popped.
+    /// for a recovered buffer). `used_seq` is the number of ring slots the
+    /// used position has moved over so far: a list whose slots it passed
+    /// since the pop was overwritten.
     #[inline]
     pub(crate) fn new(
         mem: &'a M,
         areas: &'a Areas,
-        inflight: Option<&'a PackedInflight>,
+        inflight: &'a Option<PackedInflight>,
+        config: &'a QueueConfig,
         chain: &AvailChain,
-        size: u16,
-        indirect_ok: bool,
-        stale: bool,
+        used_seq: u64,
     ) -> Self {
-        let state = if chain.is_recovered() {
-            if inflight.is_some() {
-                State::Head
-            } else {
-                State::NoRegion
-            }
-        } else if stale {
-            State::Overwritten
-        } else {
-            State::Head
-        };
         Descriptors {
             mem,
             areas,
             inflight,
+            config,
             chain: *chain,
+            used_seq,
             walk: Walk {
-                state,
+                state: State::Head,
                 seen_writable: false,
                 total: 0,
             },
-            size,
-            indirect_ok,
         }
-    }
-
-    /// The head as the first element, when it is direct.
-    #[inline]
-    fn direct_head(&mut self) -> Result<Descriptor, Error> {
-        let c = &self.chain;
-        let (addr, len, flags) = (c.head_addr, c.head_len(), c.head_flags());
-        self.walk.state = if c.slots() > 1 {
-            State::ListStart
-        } else {
-            State::Done
-        };
-        // Nothing came before the head, so only its address can be wrong
-        // (one u32 length cannot exceed 2^32).
-        if addr.checked_add(u64::from(len)).is_none() {
-            return Err(Error::AddressOverflow {
-                addr,
-                len: u64::from(len),
-            });
-        }
-        let writable = flags & DESC_F_WRITE != 0;
-        self.walk.seen_writable = writable;
-        self.walk.total = u64::from(len);
-        Ok(Descriptor {
-            addr,
-            len,
-            writable,
-        })
     }
 }
 
-/// Every step but a direct head: an indirect head, list slots, table
-/// entries, the errors known when the iterator was made. Returns the new
-/// walk state with the step's result.
+/// A buffer's head as its first element (direct): nothing came before it,
+/// so only its address can be wrong (one u32 length cannot exceed 2^32).
+#[inline]
+fn head_element(chain: &AvailChain, walk: &mut Walk<'_>) -> Result<Descriptor, Error> {
+    let (addr, len, flags) = (chain.head_addr, chain.head_len(), chain.head_flags());
+    walk.state = if chain.slots() > 1 {
+        State::ListStart
+    } else {
+        State::Done
+    };
+    if addr.checked_add(u64::from(len)).is_none() {
+        return Err(Error::AddressOverflow {
+            addr,
+            len: u64::from(len),
+        });
+    }
+    let writable = flags & DESC_F_WRITE != 0;
+    walk.seen_writable = writable;
+    walk.total = u64::from(len);
+    Ok(Descriptor {
+        addr,
+        len,
+        writable,
+    })
+}
+
+/// Every step but the head of a one-slot direct buffer: returns the new walk
+/// state with the step's result.
 #[inline(never)]
 fn slow_step<'a, M: GuestMemory + ?Sized>(
     ctx: Ctx<'a, M>,
@@ -302,10 +298,25 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
     chain: &AvailChain,
     walk: &mut Walk<'a>,
 ) -> Result<Option<Descriptor>, Error> {
+    let size = ctx.config.size;
     let d = match walk.state {
         State::Head => {
-            // An indirect head (a direct one takes the fast path). An
-            // indirect buffer is one ring descriptor, never part of a NEXT
+            if chain.is_recovered() {
+                if ctx.inflight.is_none() {
+                    return Err(Error::InvalidInflight {
+                        reason: "recovered chain without an inflight region",
+                    });
+                }
+            } else if chain.slots() > 1 && ctx.used_seq > chain.seq + 1 {
+                // The list's slots after the head are intact until the used
+                // position reaches them (the device's used writes and the
+                // driver's reuse both happen behind it).
+                return Err(Error::ChainOverwritten { id: chain.id() });
+            }
+            if chain.head_flags() & DESC_F_INDIRECT == 0 {
+                return head_element(chain, walk).map(Some);
+            }
+            // An indirect buffer is one ring descriptor, never part of a NEXT
             // list; its WRITE flag is reserved (virtqueue spec §3.6).
             if chain.slots() > 1 {
                 return Err(Error::IndirectWithNext);
@@ -314,8 +325,8 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
                 ctx.mem,
                 chain.head_addr,
                 chain.head_len(),
-                ctx.indirect_ok,
-                ctx.size,
+                ctx.config.features.indirect,
+                size,
             )?;
             walk.state = State::Table {
                 table,
@@ -339,7 +350,13 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
             if left == 0 {
                 return Ok(None);
             }
-            let (at, d) = list_next(ctx.areas, ctx.inflight, chain.is_recovered(), at, ctx.size)?;
+            let (at, d) = list_next(
+                ctx.areas,
+                ctx.inflight.as_ref(),
+                chain.is_recovered(),
+                at,
+                size,
+            )?;
             walk.state = if left > 1 {
                 State::List { at, left: left - 1 }
             } else {
@@ -371,12 +388,6 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
                 return Err(Error::NestedIndirect);
             }
             d
-        }
-        State::Overwritten => return Err(Error::ChainOverwritten { id: chain.id() }),
-        State::NoRegion => {
-            return Err(Error::InvalidInflight {
-                reason: "recovered chain without an inflight region",
-            });
         }
         State::Done => return Ok(None),
     };
@@ -478,16 +489,16 @@ impl<M: GuestMemory + ?Sized> Iterator for Descriptors<'_, M> {
     fn next(&mut self) -> Option<Self::Item> {
         let r = match self.walk.state {
             State::Done => return None,
-            State::Head if self.chain.head_flags() & DESC_F_INDIRECT == 0 => {
-                self.direct_head().map(Some)
+            State::Head if self.chain.is_one_direct_slot() => {
+                head_element(&self.chain, &mut self.walk).map(Some)
             }
             _ => {
                 let ctx = Ctx {
                     mem: self.mem,
                     areas: self.areas,
                     inflight: self.inflight,
-                    size: self.size,
-                    indirect_ok: self.indirect_ok,
+                    config: self.config,
+                    used_seq: self.used_seq,
                 };
                 let (walk, r) = slow_step(ctx, self.chain, self.walk);
                 self.walk = walk;

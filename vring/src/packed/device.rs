@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{Ordering, fence};
 
-use crate::desc::{DESC_F_NEXT, DESC_F_WRITE};
+use crate::desc::{DESC_F_AVAIL, DESC_F_NEXT, DESC_F_USED, DESC_F_WRITE};
 use crate::inflight::packed::PackedInflight;
 use crate::log::DirtyLog;
 use crate::memory::{GuestMemory, SharedRegion};
@@ -12,8 +12,8 @@ use crate::{Error, QueueConfig, Reader, RingFeatures, RingPosition, Writer};
 use super::descriptors::{AvailChain, Descriptors, NO_INFLIGHT};
 use super::layout::{
     Areas, DESC_FLAGS, DESC_ID, DESC_LEN, EVENT_FLAGS_DESC, EVENT_FLAGS_DISABLE,
-    EVENT_FLAGS_ENABLE, EVENT_SUPPRESS_SIZE, Pos, RawDesc, is_avail, should_notify, slot_offset,
-    used_bits,
+    EVENT_FLAGS_ENABLE, EVENT_SUPPRESS_SIZE, Pos, RawDesc, avail_bits, is_avail, should_notify,
+    slot_offset, used_bits,
 };
 
 /// A used descriptor written (id, len) but not yet flagged, on the inflight
@@ -75,12 +75,16 @@ pub struct DeviceQueue<M: GuestMemory> {
     used: Pos,
     /// Ring slots popped so far (sequence number of the next buffer).
     popped: u64,
+    /// The AVAIL/USED bits an available descriptor has at `avail`.
+    avail_bits: u16,
+    /// The AVAIL/USED bits of a used descriptor written at `used`.
+    used_bits: u16,
     /// Ring slots the used position has moved over so far.
     used_seq: u64,
+    /// `used_seq` at the last publish.
+    published_seq: u64,
     /// The batch's first used descriptor, flagged at publish (§3.5).
     batch_first: Option<(u16, u16)>,
-    /// Ring slots the used position moved since the last publish.
-    batch_slots: u32,
     /// Inflight path: the batch's used descriptors, flagged at publish.
     pending: Vec<PendingUsed>,
     /// What the device event area's flags were last set to.
@@ -118,9 +122,11 @@ impl<M: GuestMemory> DeviceQueue<M> {
                 wrap: position.used_wrap,
             },
             popped: 0,
+            avail_bits: avail_bits(position.avail_wrap),
+            used_bits: used_bits(position.used_wrap),
             used_seq: 0,
+            published_seq: 0,
             batch_first: None,
-            batch_slots: 0,
             pending: Vec::new(),
             event_flags: None,
             log: None,
@@ -191,7 +197,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
             });
         };
         let flags = block.load_u16::<DESC_FLAGS>(Ordering::Acquire);
-        if !is_avail(flags, self.avail.wrap) {
+        if flags & (DESC_F_AVAIL | DESC_F_USED) != self.avail_bits {
             return Ok(None);
         }
         let addr = block.load_u64::<0>(Ordering::Relaxed);
@@ -208,9 +214,27 @@ impl<M: GuestMemory> DeviceQueue<M> {
             return Err(Error::BufferIdOutOfRange { id, size });
         }
         let chain = AvailChain::one_slot(addr, hi, flags, self.popped, head_slot);
-        self.avail = self.avail.advance(1, size);
+        if head_slot + 1 < size {
+            self.avail.slot = head_slot + 1;
+        } else {
+            self.set_avail(self.avail.advance(1, size));
+        }
         self.popped += 1;
         Ok(Some(chain))
+    }
+
+    /// Moves the avail position (and the AVAIL/USED bits expected there).
+    #[cold]
+    fn set_avail(&mut self, pos: Pos) {
+        self.avail = pos;
+        self.avail_bits = avail_bits(pos.wrap);
+    }
+
+    /// Moves the used position (and the AVAIL/USED bits written there).
+    #[cold]
+    fn set_used(&mut self, pos: Pos) {
+        self.used = pos;
+        self.used_bits = used_bits(pos.wrap);
     }
 
     /// [`pop`](Self::pop) for a NEXT list or with an inflight region: `head`
@@ -259,7 +283,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
             return Err(Error::BufferIdOutOfRange { id, size });
         }
         let chain = AvailChain::new(&head, self.popped, id, head_slot, slots, inflight, false);
-        self.avail = pos;
+        self.set_avail(pos);
         self.popped += u64::from(slots);
         Ok(chain)
     }
@@ -268,18 +292,13 @@ impl<M: GuestMemory> DeviceQueue<M> {
     /// [`Descriptors`]).
     #[inline]
     pub fn descriptors(&self, chain: &AvailChain) -> Descriptors<'_, M> {
-        // The list's slots after the head are intact until the used position
-        // reaches them (the device's used writes and the driver's reuse both
-        // happen behind it).
-        let stale = chain.slots() > 1 && self.used_seq > chain.seq + 1;
         Descriptors::new(
             &self.mem,
             &self.areas,
-            self.inflight.as_ref(),
+            &self.inflight,
+            &self.config,
             chain,
-            self.config.size,
-            self.config.features.indirect,
-            stale,
+            self.used_seq,
         )
     }
 
@@ -315,7 +334,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
             });
         }
         let slot = self.used.slot;
-        let flags = used_bits(self.used.wrap) | if len > 0 { DESC_F_WRITE } else { 0 };
+        let flags = self.used_bits | if len > 0 { DESC_F_WRITE } else { 0 };
         // The position is kept below the size, so this is never `None`.
         let Some(block) = self.areas.slots.get(slot) else {
             return Err(Error::InvalidPosition {
@@ -339,9 +358,13 @@ impl<M: GuestMemory> DeviceQueue<M> {
         } else {
             block.store_u16::<DESC_FLAGS>(flags, Ordering::Release);
         }
-        self.used = self.used.advance(slots, size);
+        let next = u32::from(slot) + u32::from(slots);
+        if next < u32::from(size) {
+            self.used.slot = next as u16;
+        } else {
+            self.set_used(self.used.advance(slots, size));
+        }
         self.used_seq += u64::from(slots);
-        self.batch_slots = self.batch_slots.saturating_add(u32::from(slots));
         Ok(())
     }
 
@@ -351,8 +374,8 @@ impl<M: GuestMemory> DeviceQueue<M> {
     /// (§3.7): returns whether the driver must be notified.
     #[inline]
     pub fn publish_used(&mut self) -> bool {
-        // Every add_used adds at least one slot to the batch.
-        if self.batch_slots == 0 {
+        // Every add_used moves the used position by at least one slot.
+        if self.used_seq == self.published_seq {
             return false;
         }
         if let Some((slot, flags)) = self.batch_first.take()
@@ -368,7 +391,9 @@ impl<M: GuestMemory> DeviceQueue<M> {
         // suppression structure, or a notification can be lost (§3.7).
         fence(Ordering::SeqCst);
         let event = Areas::read_event(&self.areas.driver_event);
-        let count = std::mem::take(&mut self.batch_slots);
+        // More than a lap counts as a lap (should_notify: every slot passed).
+        let count = u32::try_from(self.used_seq - self.published_seq).unwrap_or(u32::MAX);
+        self.published_seq = self.used_seq;
         should_notify(
             event,
             self.config.features.event_idx,
@@ -497,10 +522,10 @@ impl<M: GuestMemory> DeviceQueue<M> {
                 .ok_or(Error::InvalidInflight {
                     reason: "more descriptors in flight than the queue holds",
                 })?;
-        self.used = used;
-        self.avail = used.advance(slots, size);
+        self.set_used(used);
+        self.set_avail(used.advance(slots, size));
         self.batch_first = None;
-        self.batch_slots = 0;
+        self.published_seq = self.used_seq;
         self.pending.clear();
         Ok(found
             .into_iter()
