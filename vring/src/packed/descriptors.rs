@@ -157,23 +157,16 @@ impl std::fmt::Debug for AvailChain {
     }
 }
 
-/// Where the iterator is. The data of the rarer states lives in their
-/// variants, so making the iterator only writes what a one-slot buffer needs.
-#[derive(Debug, Clone, Copy)]
-enum State<'a> {
+/// Where the iterator is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
     /// The head is next (always the first element).
     Head,
     /// The list's descriptors after the head are next.
     ListStart,
-    /// Direct descriptors after the head: `at` is the last ring slot (or
-    /// inflight entry, for a recovered buffer) read, `left` how many follow.
-    List { at: u16, left: u16 },
-    /// The indirect table's entries from `next` on (of `len`).
-    Table {
-        table: GuestSlice<'a>,
-        next: u32,
-        len: u32,
-    },
+    /// The list's descriptors after the head, or the indirect table's
+    /// entries (`Walk::at`, `Walk::left`, `Walk::table`).
+    Rest,
     /// Finished (normally or after an error): yields `None`.
     Done,
 }
@@ -190,10 +183,10 @@ enum State<'a> {
 /// translated here; the [`Reader`](crate::Reader)/[`Writer`](crate::Writer)
 /// translate each element when they reach it.
 ///
-/// A one-slot direct buffer (the common case) is yielded by an inline fast
-/// path; everything else goes through one out-of-line function over a copy
-/// of the iterator's state, so the iterator never has its address taken and
-/// can live in registers.
+/// The walk state is plain scalars and the rare first steps (an indirect
+/// head, a list's head, errors known up front) run out of line over a copy,
+/// so the iterator never has its address taken and lives in registers: a
+/// one-slot direct buffer costs a few instructions.
 #[derive(Debug)]
 pub struct Descriptors<'a, M: ?Sized> {
     mem: &'a M,
@@ -210,7 +203,14 @@ pub struct Descriptors<'a, M: ?Sized> {
 /// What changes while walking.
 #[derive(Debug, Clone, Copy)]
 struct Walk<'a> {
-    state: State<'a>,
+    phase: Phase,
+    /// A list: the last ring slot (or inflight entry, for a recovered
+    /// buffer) read; a table: the next entry.
+    at: u32,
+    /// Elements left.
+    left: u32,
+    /// The indirect table, once the head pointed at one.
+    table: Option<GuestSlice<'a>>,
     seen_writable: bool,
     total: u64,
 }
@@ -247,7 +247,10 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
             chain: *chain,
             used_seq,
             walk: Walk {
-                state: State::Head,
+                phase: Phase::Head,
+                at: 0,
+                left: 0,
+                table: None,
                 seen_writable: false,
                 total: 0,
             },
@@ -260,10 +263,10 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
 #[inline]
 fn head_element(chain: &AvailChain, walk: &mut Walk<'_>) -> Result<Descriptor, Error> {
     let (addr, len, flags) = (chain.head_addr, chain.head_len(), chain.head_flags());
-    walk.state = if chain.slots() > 1 {
-        State::ListStart
+    walk.phase = if chain.slots() > 1 {
+        Phase::ListStart
     } else {
-        State::Done
+        Phase::Done
     };
     if addr.checked_add(u64::from(len)).is_none() {
         return Err(Error::AddressOverflow {
@@ -281,8 +284,10 @@ fn head_element(chain: &AvailChain, walk: &mut Walk<'_>) -> Result<Descriptor, E
     })
 }
 
-/// Every step but the head of a one-slot direct buffer: returns the new walk
-/// state with the step's result.
+/// The first step of every buffer but a one-slot direct one (its head, or
+/// the error known before it), and the step into a list's tail: returns the
+/// new walk state with the step's result. Out of line and over copies, so
+/// the iterator never has its address taken.
 #[inline(never)]
 fn slow_step<'a, M: GuestMemory + ?Sized>(
     ctx: Ctx<'a, M>,
@@ -299,8 +304,8 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
     walk: &mut Walk<'a>,
 ) -> Result<Option<Descriptor>, Error> {
     let size = ctx.config.size;
-    let d = match walk.state {
-        State::Head => {
+    match walk.phase {
+        Phase::Head => {
             if chain.is_recovered() {
                 if ctx.inflight.is_none() {
                     return Err(Error::InvalidInflight {
@@ -328,69 +333,80 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
                 ctx.config.features.indirect,
                 size,
             )?;
-            walk.state = State::Table {
-                table,
-                next: 0,
-                len,
-            };
-            return slow_step_in(ctx, chain, walk);
+            walk.phase = Phase::Rest;
+            walk.table = Some(table);
+            walk.at = 0;
+            walk.left = len;
+            rest_step(ctx.areas, ctx.inflight, chain, size, walk)
         }
-        State::ListStart => {
-            walk.state = State::List {
-                at: if chain.is_recovered() {
-                    chain.inflight()
-                } else {
-                    chain.head_slot()
-                },
-                left: chain.slots().saturating_sub(1),
-            };
-            return slow_step_in(ctx, chain, walk);
-        }
-        State::List { at, left } => {
-            if left == 0 {
-                return Ok(None);
-            }
-            let (at, d) = list_next(
-                ctx.areas,
-                ctx.inflight.as_ref(),
-                chain.is_recovered(),
-                at,
-                size,
-            )?;
-            walk.state = if left > 1 {
-                State::List { at, left: left - 1 }
+        Phase::ListStart => {
+            walk.phase = Phase::Rest;
+            walk.at = u32::from(if chain.is_recovered() {
+                chain.inflight()
             } else {
-                State::Done
-            };
-            // An indirect buffer is never part of a NEXT list (§3.6).
-            if d.flags & DESC_F_INDIRECT != 0 {
-                return Err(Error::IndirectWithNext);
-            }
-            d
+                chain.head_slot()
+            });
+            walk.left = u32::from(chain.slots().saturating_sub(1));
+            rest_step(ctx.areas, ctx.inflight, chain, size, walk)
         }
-        State::Table { table, next, len } => {
-            if next >= len {
-                return Ok(None);
-            }
-            let d = table_entry(table, next)?;
-            walk.state = if next + 1 < len {
-                State::Table {
-                    table,
-                    next: next + 1,
-                    len,
-                }
-            } else {
-                State::Done
-            };
-            // Inside a table only WRITE is valid; the rest is reserved and
-            // ignored, except a nested INDIRECT (virtqueue spec §3.6).
-            if d.flags & DESC_F_INDIRECT != 0 {
-                return Err(Error::NestedIndirect);
-            }
-            d
+        Phase::Rest => rest_step(ctx.areas, ctx.inflight, chain, size, walk),
+        Phase::Done => Ok(None),
+    }
+}
+
+/// The next element after the head: the list's next direct descriptor, or
+/// the indirect table's next entry.
+#[inline]
+fn rest_step(
+    areas: &Areas,
+    inflight: &Option<PackedInflight>,
+    chain: &AvailChain,
+    size: u16,
+    walk: &mut Walk<'_>,
+) -> Result<Option<Descriptor>, Error> {
+    if walk.left == 0 {
+        return Ok(None);
+    }
+    walk.left -= 1;
+    if walk.left == 0 {
+        walk.phase = Phase::Done;
+    }
+    let d = if let Some(table) = walk.table {
+        let d = table_entry(table, walk.at)?;
+        walk.at += 1;
+        // Inside a table only WRITE is valid; the rest is reserved and
+        // ignored, except a nested INDIRECT (virtqueue spec §3.6).
+        if d.flags & DESC_F_INDIRECT != 0 {
+            return Err(Error::NestedIndirect);
         }
-        State::Done => return Ok(None),
+        d
+    } else {
+        let at = walk.at as u16;
+        let (at, d) = if chain.is_recovered() {
+            inflight_next(inflight.as_ref(), at)?
+        } else {
+            let slot = if at + 1 >= size { 0 } else { at + 1 };
+            // The head's acquire load (at pop) ordered these reads: the
+            // driver writes the head's flags last (virtqueue spec §3.4).
+            let d = areas.read_desc(slot).ok_or(Error::NextOutOfRange {
+                next: slot,
+                size: u32::from(size),
+            })?;
+            (slot, d)
+        };
+        walk.at = u32::from(at);
+        // An indirect buffer is never part of a NEXT list (§3.6).
+        if d.flags & DESC_F_INDIRECT != 0 {
+            return Err(Error::IndirectWithNext);
+        }
+        d
     };
+    element(walk, d).map(Some)
+}
+
+/// An element after the first, with the framing checks.
+#[inline]
+fn element(walk: &mut Walk<'_>, d: RawDesc) -> Result<Descriptor, Error> {
     let (addr, len) = (d.addr, d.len);
     if addr.checked_add(u64::from(len)).is_none() {
         return Err(Error::AddressOverflow {
@@ -408,39 +424,21 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
     if walk.total > 1 << 32 {
         return Err(Error::ChainLengthOverflow);
     }
-    Ok(Some(Descriptor {
+    Ok(Descriptor {
         addr,
         len,
         writable,
-    }))
+    })
 }
 
-/// The direct descriptor after `at` (a ring slot, or an inflight entry for a
-/// recovered buffer) and where it is. Takes values, not the iterator, so the
-/// iterator can live in registers.
+/// The inflight entry after `at` of a recovered buffer and its saved copy.
 #[inline(never)]
-fn list_next(
-    areas: &Areas,
-    inflight: Option<&PackedInflight>,
-    recovered: bool,
-    at: u16,
-    size: u16,
-) -> Result<(u16, RawDesc), Error> {
-    if recovered {
-        let region = inflight.ok_or(Error::InvalidInflight {
-            reason: "recovered chain without an inflight region",
-        })?;
-        let next = region.entry_next(at)?;
-        return Ok((next, region.entry_desc(next)?));
-    }
-    let slot = if at + 1 >= size { 0 } else { at + 1 };
-    // The head's acquire load (at pop) ordered these reads: the driver
-    // writes the head's flags last (virtqueue spec §3.4).
-    let d = areas.read_desc(slot).ok_or(Error::NextOutOfRange {
-        next: slot,
-        size: u32::from(size),
+fn inflight_next(inflight: Option<&PackedInflight>, at: u16) -> Result<(u16, RawDesc), Error> {
+    let region = inflight.ok_or(Error::InvalidInflight {
+        reason: "recovered chain without an inflight region",
     })?;
-    Ok((slot, d))
+    let next = region.entry_next(at)?;
+    Ok((next, region.entry_desc(next)?))
 }
 
 /// Checks an indirect head (`addr`, `len`) and translates its table: the
@@ -487,12 +485,19 @@ impl<M: GuestMemory + ?Sized> Iterator for Descriptors<'_, M> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        let r = match self.walk.state {
-            State::Done => return None,
-            State::Head if self.chain.is_one_direct_slot() => {
+        let r = match self.walk.phase {
+            Phase::Done => return None,
+            Phase::Head if self.chain.is_one_direct_slot() => {
                 head_element(&self.chain, &mut self.walk).map(Some)
             }
-            _ => {
+            Phase::Rest => rest_step(
+                self.areas,
+                self.inflight,
+                &self.chain,
+                self.config.size,
+                &mut self.walk,
+            ),
+            Phase::Head | Phase::ListStart => {
                 let ctx = Ctx {
                     mem: self.mem,
                     areas: self.areas,
@@ -508,11 +513,11 @@ impl<M: GuestMemory + ?Sized> Iterator for Descriptors<'_, M> {
         match r {
             Ok(Some(d)) => Some(Ok(d)),
             Ok(None) => {
-                self.walk.state = State::Done;
+                self.walk.phase = Phase::Done;
                 None
             }
             Err(e) => {
-                self.walk.state = State::Done;
+                self.walk.phase = Phase::Done;
                 Some(Err(e))
             }
         }

@@ -16,6 +16,9 @@ use super::layout::{
     slot_offset, used_bits,
 };
 
+/// No used descriptor waits for its flags (slots are below 2^15).
+const NO_BATCH: u32 = u32::MAX;
+
 /// A used descriptor written (id, len) but not yet flagged, on the inflight
 /// path (all flags of a batch wait for the publish).
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +87,9 @@ pub struct DeviceQueue<M: GuestMemory> {
     /// `used_seq` at the last publish.
     published_seq: u64,
     /// The batch's first used descriptor, flagged at publish (§3.5).
-    batch_first: Option<(u16, u16)>,
+    /// (`slot | flags << 16`, or [`NO_BATCH`]: one store to set, one to
+    /// clear.)
+    batch_first: u32,
     /// Inflight path: the batch's used descriptors, flagged at publish.
     pending: Vec<PendingUsed>,
     /// What the device event area's flags were last set to.
@@ -126,7 +131,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
             used_bits: used_bits(position.used_wrap),
             used_seq: 0,
             published_seq: 0,
-            batch_first: None,
+            batch_first: NO_BATCH,
             pending: Vec::new(),
             event_flags: None,
             log: None,
@@ -353,8 +358,8 @@ impl<M: GuestMemory> DeviceQueue<M> {
                 flags,
                 inflight: chain.inflight(),
             });
-        } else if self.batch_first.is_none() {
-            self.batch_first = Some((slot, flags));
+        } else if self.batch_first == NO_BATCH {
+            self.batch_first = u32::from(slot) | u32::from(flags) << 16;
         } else {
             block.store_u16::<DESC_FLAGS>(flags, Ordering::Release);
         }
@@ -378,10 +383,11 @@ impl<M: GuestMemory> DeviceQueue<M> {
         if self.used_seq == self.published_seq {
             return false;
         }
-        if let Some((slot, flags)) = self.batch_first.take()
-            && let Some(block) = self.areas.slots.get(slot)
+        let first = std::mem::replace(&mut self.batch_first, NO_BATCH);
+        if first != NO_BATCH
+            && let Some(block) = self.areas.slots.get(first as u16)
         {
-            block.store_u16::<DESC_FLAGS>(flags, Ordering::Release);
+            block.store_u16::<DESC_FLAGS>((first >> 16) as u16, Ordering::Release);
         }
         if let Some(region) = self.inflight.as_mut() {
             publish_inflight(&self.areas, region, &self.pending, self.used);
@@ -524,7 +530,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
                 })?;
         self.set_used(used);
         self.set_avail(used.advance(slots, size));
-        self.batch_first = None;
+        self.batch_first = NO_BATCH;
         self.published_seq = self.used_seq;
         self.pending.clear();
         Ok(found
