@@ -10,7 +10,10 @@
 //! memory map, and asks the [`Device`] for the rest (config space, status,
 //! reset, ...). Inflight tracking (GET/SET_INFLIGHT_FD) is handled here for
 //! any device that offers INFLIGHT_SHMFD: recovered requests come first out
-//! of [`Queue::pop`].
+//! of [`Queue::pop`]. SET_BACKEND_REQ_FD hands the device a
+//! [`BackendChannel`] (through [`Device::backend_channel_opened`]) that sends
+//! the back-end requests, gated by the negotiation and refused while every
+//! ring is stopped (the device is suspended, spec §7.3).
 
 mod channel;
 mod device;

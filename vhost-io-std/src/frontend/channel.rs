@@ -90,18 +90,14 @@ impl FrontendChannel {
         Ok(())
     }
 
-    /// Waits at most `timeout` (`None`: forever) for the back-end's next
-    /// request; `Ok(None)` if none came in time.
+    /// Waits at most `timeout` (`None`: forever; at least 1 ms) for the
+    /// back-end's next request; `Ok(None)` if none came in time.
     pub fn recv(
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<BackendMessage>, ChannelError> {
-        if timeout == Some(Duration::ZERO) {
-            return Err(ChannelError::Io {
-                op: "recv",
-                source: io::Error::new(io::ErrorKind::InvalidInput, "zero timeout"),
-            });
-        }
+        // A zero timeout is refused by SO_RCVTIMEO: wait the shortest instead.
+        let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
         self.stream
             .set_read_timeout(timeout)
             .map_err(|e| ChannelError::io("setsockopt", e))?;
