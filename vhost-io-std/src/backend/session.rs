@@ -143,21 +143,43 @@ impl<D: Device> Session<D> {
         }
     }
 
-    /// Writes every pending transmit and handles every pending event, until
-    /// the connection has nothing more to say.
+    /// Handles every pending event, then writes every pending transmit,
+    /// until the connection has nothing more to say. Events first: an ack
+    /// the connection queued for a request (SET_VRING_KICK, SET_FEATURES,
+    /// ...) goes out once the binding has acted on it (the worker started,
+    /// the channel gate updated), so a REPLY_ACK means "done".
     fn drain(&mut self, stream: &UnixStream) -> Result<(), ServeError> {
         loop {
-            while let Some(t) = self.conn.poll_transmit() {
-                let fds: Vec<_> = t.fds.iter().map(AsFd::as_fd).collect();
-                send_all_with_fds(stream, &t.bytes, &fds)
-                    .map_err(|e| ServeError::io("sendmsg", e))?;
+            let mut lost = None;
+            while let Some(event) = self.conn.poll_event() {
+                match event {
+                    Event::ConnectionLost { error } => {
+                        // What was queued before the failure still goes out.
+                        lost = Some(error);
+                        break;
+                    }
+                    event => self.handle(event),
+                }
             }
-            match self.conn.poll_event() {
-                Some(Event::ConnectionLost { error }) => return Err(error.into()),
-                Some(event) => self.handle(event),
-                None => return Ok(()),
+            let sent = self.flush(stream)?;
+            if let Some(error) = lost {
+                return Err(error.into());
+            }
+            if !sent {
+                return Ok(());
             }
         }
+    }
+
+    /// Writes every pending transmit; whether there was one.
+    fn flush(&mut self, stream: &UnixStream) -> Result<bool, ServeError> {
+        let mut sent = false;
+        while let Some(t) = self.conn.poll_transmit() {
+            let fds: Vec<_> = t.fds.iter().map(AsFd::as_fd).collect();
+            send_all_with_fds(stream, &t.bytes, &fds).map_err(|e| ServeError::io("sendmsg", e))?;
+            sent = true;
+        }
+        Ok(sent)
     }
 
     fn handle(&mut self, event: Event<OwnedFd>) {
