@@ -84,11 +84,10 @@ fn open(
     front.set_protocol_features(protocol).unwrap();
     front.set_owner().unwrap();
     // QEMU's order: the channel before SET_FEATURES.
-    let mut fch = front.open_backend_channel().unwrap();
+    let fch = front.open_backend_channel().unwrap();
     front
         .set_features(VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES)
         .unwrap();
-    fch.set_negotiated(*front.negotiated());
     let ram = GuestRam::new(0, RAM).unwrap();
     front.set_mem_table(&[(ram.region(), ram.fd())]).unwrap();
     let deadline = Instant::now() + TIMEOUT;

@@ -60,7 +60,6 @@ fn session(refuse: bool) {
     front
         .set_features(VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES)
         .unwrap();
-    fch.set_negotiated(*front.negotiated());
     let ram = GuestRam::new(0, RAM).unwrap();
     front.set_mem_table(&[(ram.region(), ram.fd())]).unwrap();
     let (ring, _) = DriverRing::split(&ram, 0, 0, 64, ring_features(false)).unwrap();

@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use vhost_proto::backend::Refused;
@@ -57,6 +58,9 @@ pub enum BackendMessage {
 pub struct FrontendChannel {
     stream: UnixStream,
     chan: Channel<OwnedFd>,
+    /// The negotiation as the [`Frontend`](super::Frontend) that opened the
+    /// channel keeps it (SET_FEATURES may follow SET_BACKEND_REQ_FD).
+    shared: Option<Arc<Mutex<Negotiated>>>,
     buf: Vec<u8>,
 }
 
@@ -66,13 +70,23 @@ impl FrontendChannel {
         FrontendChannel {
             stream,
             chan: Channel::new(negotiated),
+            shared: None,
             buf: vec![0u8; READ_BUF],
         }
     }
 
-    /// Updates the negotiation the gates check (call it after SET_FEATURES
-    /// when the channel was opened before, as QEMU does).
+    pub(crate) fn following(stream: UnixStream, shared: Arc<Mutex<Negotiated>>) -> Self {
+        let neg = *shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut c = Self::new(stream, neg);
+        c.shared = Some(shared);
+        c
+    }
+
+    /// Updates the negotiation the gates check. A channel opened by
+    /// [`Frontend::open_backend_channel`](super::Frontend::open_backend_channel)
+    /// follows that front-end's negotiation by itself (until this is called).
     pub fn set_negotiated(&mut self, negotiated: Negotiated) {
+        self.shared = None;
         self.chan.set_negotiated(negotiated);
     }
 
@@ -147,6 +161,10 @@ impl FrontendChannel {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ChannelError::io("recvmsg", e)),
             };
+            if let Some(shared) = &self.shared {
+                let neg = *shared.lock().unwrap_or_else(PoisonError::into_inner);
+                self.chan.set_negotiated(neg);
+            }
             let bytes = self.buf.get(..n).unwrap_or_default();
             self.chan.handle_input(bytes, fds)?;
         }

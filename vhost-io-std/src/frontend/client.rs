@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use vhost_proto::frontend::{Connection, Event};
@@ -72,6 +73,8 @@ pub struct Frontend {
     /// SET_FEATURES / SET_PROTOCOL_FEATURES against the offer.
     features_read: bool,
     protocol_read: bool,
+    /// The negotiation, shared with the back-end channels this opened.
+    shared: Arc<Mutex<Negotiated>>,
 }
 
 impl Frontend {
@@ -97,6 +100,7 @@ impl Frontend {
             buf: vec![0u8; 4096 + 64],
             features_read: false,
             protocol_read: false,
+            shared: Arc::default(),
         })
     }
 
@@ -118,6 +122,11 @@ impl Frontend {
     /// What was offered and negotiated so far (the session's record).
     pub fn negotiated(&self) -> &Negotiated {
         self.conn.negotiated()
+    }
+
+    /// Publishes the session's negotiation to the channels this opened.
+    fn share(&self) {
+        *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = *self.conn.negotiated();
     }
 
     /// Writes every message the session has ready, one `sendmsg` each.
@@ -232,8 +241,9 @@ impl Frontend {
         if !self.features_read {
             self.get_features()?;
         }
-        self.call(FrontendRequest::SetFeatures { features })
-            .map(drop)
+        let r = self.call(FrontendRequest::SetFeatures { features });
+        self.share();
+        r.map(drop)
     }
 
     /// SET_OWNER.
@@ -259,8 +269,9 @@ impl Frontend {
         if !self.protocol_read {
             self.get_protocol_features()?;
         }
-        self.call(FrontendRequest::SetProtocolFeatures { features })
-            .map(drop)
+        let r = self.call(FrontendRequest::SetProtocolFeatures { features });
+        self.share();
+        r.map(drop)
     }
 
     /// GET_QUEUE_NUM (needs MQ).
@@ -480,7 +491,8 @@ impl Frontend {
         self.call(FrontendRequest::SetBackendReqFd {
             fd: OwnedFd::from(theirs),
         })?;
-        Ok(FrontendChannel::new(ours, *self.conn.negotiated()))
+        self.share();
+        Ok(FrontendChannel::following(ours, Arc::clone(&self.shared)))
     }
 }
 
