@@ -160,15 +160,30 @@ fn process<D: Device>(queue: &mut Queue, setup: &WorkerSetup<D>) -> Result<(), v
         queue.disable_notifications();
         let before = queue.pops();
         setup.device.process_queue(queue)?;
-        if queue.take_notify() {
-            signal_call(queue.index(), &setup.call);
-        }
-        let more = queue.enable_notifications()?;
-        // Chains that the device leaves in the ring (an RX queue without
-        // packets) must not make us spin: go on only if it made progress.
-        if !more || queue.pops() == before {
+        notify(queue, setup);
+        if !queue.enable_notifications()? {
             return Ok(());
         }
+        if queue.pops() != before {
+            continue;
+        }
+        // Chains are there but this pass took none. They may have arrived
+        // after the device's last pop, published by a driver that saw kicks
+        // suppressed and did not kick: look once more, with kicks enabled now
+        // (a publish meanwhile kicks, so no wakeup is lost). A device that
+        // leaves chains on purpose (an RX queue without packets) is called
+        // once more, not spun.
+        setup.device.process_queue(queue)?;
+        notify(queue, setup);
+        if queue.pops() == before {
+            return Ok(());
+        }
+    }
+}
+
+fn notify<D: Device>(queue: &mut Queue, setup: &WorkerSetup<D>) {
+    if queue.take_notify() {
+        signal_call(queue.index(), &setup.call);
     }
 }
 
