@@ -16,7 +16,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vring::{QueueConfig, RingFeatures, RingPosition, packed, split};
 
@@ -119,21 +119,18 @@ fn refill(drv: &mut impl Driver, shape: Shape, count: u64) {
     drv.publish();
 }
 
-/// One timed run of a device: pop, walk, push — `batch` chains completed
-/// per publish. The same body for both layouts.
-macro_rules! device_run {
-    ($layout:ident, $iters:expr, $shape:expr, $batch:expr) => {{
-        let (iters, shape, batch): (u64, Shape, usize) = ($iters, $shape, $batch);
-        let mem = memory();
-        let mut drv = $layout::DriverQueue::new(&mem, &config()).unwrap();
-        let mut dev = $layout::DeviceQueue::new(&mem, &config(), RingPosition::default()).unwrap();
-        let mut total = Duration::ZERO;
-        let mut done = 0;
-        let mut chains = Vec::with_capacity(batch);
-        while done < iters {
-            let n = shape.per_ring().min(iters - done);
-            refill(&mut drv, shape, n);
-            let start = Instant::now();
+/// The timed part, one function per layout (not inlined: the same code for
+/// every case, and a name for callgrind's `--toggle-collect`): pop, walk,
+/// push `n` chains, `batch` chains completed per publish.
+macro_rules! device_loop {
+    ($name:ident, $layout:ident) => {
+        #[inline(never)]
+        fn $name(
+            dev: &mut $layout::DeviceQueue<&GuestMemoryMmap>,
+            n: u64,
+            batch: usize,
+            chains: &mut Vec<$layout::AvailChain>,
+        ) {
             let mut left = n;
             while left > 0 {
                 chains.clear();
@@ -143,7 +140,7 @@ macro_rules! device_run {
                         None => break,
                     }
                 }
-                for c in &chains {
+                for c in chains.iter() {
                     let mut bytes = 0u64;
                     for d in dev.descriptors(c) {
                         let d = d.unwrap();
@@ -155,6 +152,29 @@ macro_rules! device_run {
                 black_box(dev.publish_used());
                 left -= chains.len() as u64;
             }
+        }
+    };
+}
+
+device_loop!(device_loop_packed, packed);
+device_loop!(device_loop_split, split);
+
+/// `iters` chains of `shape` through a new device of each layout: the ring
+/// refilled by the layout's driver (not timed), then the device loop (timed).
+macro_rules! device_run {
+    ($layout:ident, $device_loop:ident, $iters:expr, $shape:expr, $batch:expr) => {{
+        let (iters, shape, batch): (u64, Shape, usize) = ($iters, $shape, $batch);
+        let mem = memory();
+        let mut drv = $layout::DriverQueue::new(&mem, &config()).unwrap();
+        let mut dev = $layout::DeviceQueue::new(&mem, &config(), RingPosition::default()).unwrap();
+        let mut total = Duration::ZERO;
+        let mut done = 0;
+        let mut chains = Vec::with_capacity(batch);
+        while done < iters {
+            let n = shape.per_ring().min(iters - done);
+            refill(&mut drv, shape, n);
+            let start = Instant::now();
+            $device_loop(&mut dev, n, batch, &mut chains);
             total += start.elapsed();
             drv.drain();
             done += n;
@@ -163,25 +183,49 @@ macro_rules! device_run {
     }};
 }
 
+/// The cases, as (name, shape, chains per publish).
+const CASES: [(&str, Shape, usize); 4] = [
+    ("1-desc pop+push", Shape::Direct1, 1),
+    ("128-desc chain walk", Shape::DirectN(128), 1),
+    ("indirect 8 pop+walk+push", Shape::Indirect(8), 1),
+    ("1-desc batch 32", Shape::Direct1, 32),
+];
+
 fn bench(c: &mut Criterion) {
-    let cases: [(&str, Shape, usize); 4] = [
-        ("1-desc pop+push", Shape::Direct1, 1),
-        ("128-desc chain walk", Shape::DirectN(128), 1),
-        ("indirect 8 pop+walk+push", Shape::Indirect(8), 1),
-        ("1-desc batch 32", Shape::Direct1, 32),
-    ];
-    for (name, shape, batch) in cases {
+    for (name, shape, batch) in CASES {
         let mut g = c.benchmark_group(format!("packed/{name}"));
         g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("packed", "per chain"), |b| {
-            b.iter_custom(|iters| device_run!(packed, iters, shape, batch));
+            b.iter_custom(|iters| device_run!(packed, device_loop_packed, iters, shape, batch));
         });
         g.bench_function(BenchmarkId::new("split", "per chain"), |b| {
-            b.iter_custom(|iters| device_run!(split, iters, shape, batch));
+            b.iter_custom(|iters| device_run!(split, device_loop_split, iters, shape, batch));
         });
         g.finish();
     }
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// Instruction counts: with `VRING_BENCH_IR="<packed|split> <case 0-3>
+/// <chains>"` the binary runs that many chains of one case through one
+/// layout's device loop, without criterion, for
+/// `valgrind --tool=callgrind --toggle-collect='*device_loop_<layout>*'`
+/// (Ir in the device loop / chains = Ir per chain).
+fn main() {
+    if let Ok(spec) = std::env::var("VRING_BENCH_IR") {
+        let mut it = spec.split_whitespace();
+        let layout = it.next().unwrap_or("packed");
+        let case: usize = it.next().map_or(0, |s| s.parse().unwrap());
+        let chains: u64 = it.next().map_or(25600, |s| s.parse().unwrap());
+        let (_, shape, batch) = CASES[case];
+        let t = match layout {
+            "split" => device_run!(split, device_loop_split, chains, shape, batch),
+            _ => device_run!(packed, device_loop_packed, chains, shape, batch),
+        };
+        eprintln!("{layout} case {case}: {chains} chains, {t:?} in the device loop");
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
