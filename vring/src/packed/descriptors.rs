@@ -288,12 +288,26 @@ fn head_element(chain: &AvailChain, walk: &mut Walk<'_>) -> Result<Descriptor, E
 /// the error known before it), and the step into a list's tail: returns the
 /// new walk state with the step's result. Out of line and over copies, so
 /// the iterator never has its address taken.
+///
+/// The handle comes as its words, in registers: a by-value struct is copied
+/// with 16-byte loads, hoisted onto the fast path, and those cannot be
+/// forwarded from the 8-byte stores that just wrote the handle (a pop right
+/// before the walk): a stall on every buffer.
 #[inline(never)]
 fn slow_step<'a, M: GuestMemory + ?Sized>(
     ctx: Ctx<'a, M>,
-    chain: AvailChain,
+    head_addr: u64,
+    head_hi: u64,
+    seq: u64,
+    meta: u64,
     mut walk: Walk<'a>,
 ) -> (Walk<'a>, Result<Option<Descriptor>, Error>) {
+    let chain = AvailChain {
+        head_addr,
+        head_hi,
+        seq,
+        meta,
+    };
     let r = slow_step_in(ctx, &chain, &mut walk);
     (walk, r)
 }
@@ -337,7 +351,7 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
             walk.table = Some(table);
             walk.at = 0;
             walk.left = len;
-            rest_step(ctx.areas, ctx.inflight, chain, size, walk)
+            rest_step(ctx.areas, ctx.inflight, chain.is_recovered(), size, walk)
         }
         Phase::ListStart => {
             walk.phase = Phase::Rest;
@@ -347,9 +361,9 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
                 chain.head_slot()
             });
             walk.left = u32::from(chain.slots().saturating_sub(1));
-            rest_step(ctx.areas, ctx.inflight, chain, size, walk)
+            rest_step(ctx.areas, ctx.inflight, chain.is_recovered(), size, walk)
         }
-        Phase::Rest => rest_step(ctx.areas, ctx.inflight, chain, size, walk),
+        Phase::Rest => rest_step(ctx.areas, ctx.inflight, chain.is_recovered(), size, walk),
         Phase::Done => Ok(None),
     }
 }
@@ -360,7 +374,7 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
 fn rest_step(
     areas: &Areas,
     inflight: &Option<PackedInflight>,
-    chain: &AvailChain,
+    recovered: bool,
     size: u16,
     walk: &mut Walk<'_>,
 ) -> Result<Option<Descriptor>, Error> {
@@ -382,7 +396,7 @@ fn rest_step(
         d
     } else {
         let at = walk.at as u16;
-        let (at, d) = if chain.is_recovered() {
+        let (at, d) = if recovered {
             inflight_next(inflight.as_ref(), at)?
         } else {
             let slot = if at + 1 >= size { 0 } else { at + 1 };
@@ -493,7 +507,7 @@ impl<M: GuestMemory + ?Sized> Iterator for Descriptors<'_, M> {
             Phase::Rest => rest_step(
                 self.areas,
                 self.inflight,
-                &self.chain,
+                self.chain.is_recovered(),
                 self.config.size,
                 &mut self.walk,
             ),
@@ -505,7 +519,8 @@ impl<M: GuestMemory + ?Sized> Iterator for Descriptors<'_, M> {
                     config: self.config,
                     used_seq: self.used_seq,
                 };
-                let (walk, r) = slow_step(ctx, self.chain, self.walk);
+                let c = &self.chain;
+                let (walk, r) = slow_step(ctx, c.head_addr, c.head_hi, c.seq, c.meta, self.walk);
                 self.walk = walk;
                 r
             }
