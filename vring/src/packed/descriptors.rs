@@ -457,7 +457,7 @@ fn inflight_next(inflight: Option<&PackedInflight>, at: u16) -> Result<(u16, Raw
 
 /// Checks an indirect head (`addr`, `len`) and translates its table: the
 /// table and its entry count.
-#[inline(never)]
+#[inline]
 fn open_table<M: GuestMemory + ?Sized>(
     mem: &M,
     addr: u64,
