@@ -407,42 +407,39 @@ impl<D: Device + ?Sized> Session<D> {
         let Some(q) = ring.queue.as_mut() else {
             return;
         };
+        let call = ring.call.as_ref();
         let mut result = Ok(());
         let mut again = false;
         for round in 0..MAX_ROUNDS {
             q.disable_notifications();
             let before = q.pops();
-            // A panicking device breaks this ring only, as a panicking worker thread does
-            // in the std binding; the other sessions of the thread go on.
-            let processed =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.process_queue(q)));
-            match processed {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    result = Err(Broken::Ring(e));
-                    break;
-                }
-                Err(_) => {
-                    result = Err(Broken::Panicked);
-                    break;
-                }
-            }
-            if q.take_notify()
-                && let Some(call) = &ring.call
-                && let Err(e) = call.signal()
-            {
-                log::warn!("vhost-io-mio: queue {i}: cannot signal the call fd: {e}");
+            if let Err(e) = pass(device.as_ref(), q, i, call) {
+                result = Err(e);
+                break;
             }
             match q.enable_notifications() {
-                // Chains the device leaves in the ring (an RX queue without packets) must
-                // not make us spin: go on only if it made progress.
-                Ok(more) if !more || q.pops() == before => break,
-                Ok(_) => again = round + 1 == MAX_ROUNDS,
+                Ok(false) => break,
+                Ok(true) => {}
                 Err(e) => {
                     result = Err(Broken::Ring(e));
                     break;
                 }
             }
+            if q.pops() == before {
+                // Chains are there but this pass took none. They may have arrived after the
+                // device's last pop, published by a driver that saw kicks suppressed and
+                // did not kick: look once more, with kicks enabled now (a publish meanwhile
+                // kicks, so no wakeup is lost). A device that leaves chains on purpose (an
+                // RX queue without packets) is called once more, not spun.
+                if let Err(e) = pass(device.as_ref(), q, i, call) {
+                    result = Err(e);
+                    break;
+                }
+                if q.pops() == before {
+                    break;
+                }
+            }
+            again = round + 1 == MAX_ROUNDS;
         }
         if let Err(e) = result {
             log::error!("vhost-io-mio: queue {i} stopped processing: {e}");
@@ -928,6 +925,30 @@ impl<D: Device + ?Sized> Session<D> {
             .flatten()
             .map(|fd| fd.read_fd().as_raw_fd())
     }
+}
+
+/// One call of `process_queue`, then the used entries published and the call fd signalled
+/// if the driver asked for it.
+fn pass<D: Device + ?Sized>(
+    device: &D,
+    q: &mut Queue,
+    i: usize,
+    call: Option<&EventFd>,
+) -> Result<(), Broken> {
+    // A panicking device breaks this ring only, as a panicking worker thread does in the
+    // std binding; the other sessions of the thread go on.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| device.process_queue(q))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Broken::Ring(e)),
+        Err(_) => return Err(Broken::Panicked),
+    }
+    if q.take_notify()
+        && let Some(call) = call
+        && let Err(e) = call.signal()
+    {
+        log::warn!("vhost-io-mio: queue {i}: cannot signal the call fd: {e}");
+    }
+    Ok(())
 }
 
 /// Why a ring stopped being processed.
