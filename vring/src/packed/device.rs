@@ -80,6 +80,10 @@ pub struct DeviceQueue<M: GuestMemory> {
     popped: u64,
     /// The AVAIL/USED bits an available descriptor has at `avail`.
     avail_bits: u16,
+    /// Head flags that send a pop to [`pop_list`](Self::pop_list): NEXT, or
+    /// every bit while an inflight region is attached (an available head
+    /// always has one set).
+    pop_slow_bits: u16,
     /// The AVAIL/USED bits of a used descriptor written at `used`.
     used_bits: u16,
     /// Ring slots the used position has moved over so far.
@@ -128,6 +132,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
             },
             popped: 0,
             avail_bits: avail_bits(position.avail_wrap),
+            pop_slow_bits: DESC_F_NEXT,
             used_bits: used_bits(position.used_wrap),
             used_seq: 0,
             published_seq: 0,
@@ -207,7 +212,7 @@ impl<M: GuestMemory> DeviceQueue<M> {
         }
         let addr = block.load_u64::<0>(Ordering::Relaxed);
         let hi = block.load_u64::<DESC_LEN>(Ordering::Relaxed);
-        if flags & DESC_F_NEXT != 0 || self.inflight.is_some() {
+        if flags & self.pop_slow_bits != 0 {
             let mut head = RawDesc::from_words(addr, hi);
             head.flags = flags;
             return self.pop_list(head).map(Some);
@@ -483,6 +488,10 @@ impl<M: GuestMemory> DeviceQueue<M> {
         self.pending = match self.inflight {
             Some(_) => Vec::with_capacity(usize::from(self.config.size)),
             None => Vec::new(),
+        };
+        self.pop_slow_bits = match self.inflight {
+            Some(_) => u16::MAX,
+            None => DESC_F_NEXT,
         };
         Ok(())
     }
