@@ -22,8 +22,11 @@
 //! queues, and a front-end that reads no reply stops being read.
 //!
 //! The OS helpers (`sendmsg`/`recvmsg` with fds, eventfds, memory mapping), the framing
-//! tracker that attributes a read's fds to the right message, and the queue type are the
-//! std binding's, reused.
+//! tracker that attributes a read's fds to the right message and the queue type are the
+//! std binding's, reused; so is the handling of the protocol core's events
+//! ([`vhost_io_std::backend::state`]: device calls, memory maps, queue builds, inflight
+//! buffers, the drain loop with its lost-wakeup re-check). This crate adds the
+//! non-blocking socket IO and runs the queues inline instead of on worker threads.
 //!
 //! Embedding next to a source of your own:
 //!
@@ -67,6 +70,7 @@
 
 mod error;
 mod listener;
+mod rings;
 mod server;
 mod session;
 

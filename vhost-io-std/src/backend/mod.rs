@@ -14,6 +14,10 @@
 //! [`BackendChannel`] (through [`Device::backend_channel_opened`]) that sends
 //! the back-end requests, gated by the negotiation and refused while every
 //! ring is stopped (the device is suspended, spec §7.3).
+//!
+//! The event handling itself is binding-independent and lives in [`state`]:
+//! `vhost-io-mio` runs the same [`state::SessionState`] with its queues
+//! processed inline instead of on worker threads.
 
 mod channel;
 mod device;
@@ -21,6 +25,7 @@ mod framing;
 mod queue;
 mod server;
 mod session;
+pub mod state;
 mod worker;
 
 pub use channel::{BackendChannel, DEFAULT_CHANNEL_TIMEOUT};
@@ -33,5 +38,3 @@ pub use session::Ended;
 pub use framing::Framer;
 #[doc(hidden)]
 pub use server::remove_stale_socket;
-#[doc(hidden)]
-pub use session::{map_regions, mapping_failed, new_inflight, to_proto_position};

@@ -49,8 +49,7 @@ pub struct Queue {
 
 impl Queue {
     /// Builds the queue from a started ring's configuration in `mem`.
-    #[doc(hidden)]
-    pub fn new(
+    pub(crate) fn new(
         index: u16,
         packed: bool,
         mem: Memory,
@@ -110,8 +109,7 @@ impl Queue {
     }
 
     /// Chains popped so far.
-    #[doc(hidden)]
-    pub fn pops(&self) -> u64 {
+    pub(crate) fn pops(&self) -> u64 {
         self.pops
     }
 
@@ -141,22 +139,19 @@ impl Queue {
 
     /// Publishes and reports (and clears) whether the driver must be
     /// notified.
-    #[doc(hidden)]
-    pub fn take_notify(&mut self) -> bool {
+    pub(crate) fn take_notify(&mut self) -> bool {
         self.publish_used();
         std::mem::take(&mut self.notify)
     }
 
     /// Asks for kicks again; `true` if chains arrived meanwhile (pop again
     /// before sleeping).
-    #[doc(hidden)]
-    pub fn enable_notifications(&mut self) -> Result<bool, RingError> {
+    pub(crate) fn enable_notifications(&mut self) -> Result<bool, RingError> {
         self.ring.enable_notifications()
     }
 
     /// Asks the driver not to kick while the worker is busy.
-    #[doc(hidden)]
-    pub fn disable_notifications(&mut self) {
+    pub(crate) fn disable_notifications(&mut self) {
         self.ring.disable_notifications()
     }
 
@@ -167,15 +162,13 @@ impl Queue {
 
     /// Switches to new guest memory (the memory table changed); the ring
     /// areas are translated again. On error the queue keeps its old memory.
-    #[doc(hidden)]
-    pub fn set_memory(&mut self, mem: Memory) -> Result<(), RingError> {
+    pub(crate) fn set_memory(&mut self, mem: Memory) -> Result<(), RingError> {
         self.ring.set_memory(mem)
     }
 
     /// Attaches this queue's part of the inflight buffer and queues the
     /// chains it records as in flight, to be served by `pop` first.
-    #[doc(hidden)]
-    pub fn attach_inflight(
+    pub(crate) fn attach_inflight(
         &mut self,
         region: vring::memory::SharedRegion,
     ) -> Result<usize, RingError> {

@@ -13,6 +13,7 @@ use crate::os::eventfd::EventFd;
 
 use super::device::Device;
 use super::queue::Queue;
+use super::state::drain;
 
 /// The call notifier of one ring, shared with its worker: SET_VRING_CALL may
 /// replace it while the ring runs (spec §5 id 13).
@@ -156,35 +157,15 @@ fn run<D: Device>(
 /// Lets the device drain the ring until no more work arrives, with kicks
 /// suppressed meanwhile (virtqueue spec §2.9: re-check after re-enabling).
 fn process<D: Device>(queue: &mut Queue, setup: &WorkerSetup<D>) -> Result<(), vring::Error> {
-    loop {
-        queue.disable_notifications();
-        let before = queue.pops();
-        setup.device.process_queue(queue)?;
-        notify(queue, setup);
-        if !queue.enable_notifications()? {
-            return Ok(());
-        }
-        if queue.pops() != before {
-            continue;
-        }
-        // Chains are there but this pass took none. They may have arrived
-        // after the device's last pop, published by a driver that saw kicks
-        // suppressed and did not kick: look once more, with kicks enabled now
-        // (a publish meanwhile kicks, so no wakeup is lost). A device that
-        // leaves chains on purpose (an RX queue without packets) is called
-        // once more, not spun.
-        setup.device.process_queue(queue)?;
-        notify(queue, setup);
-        if queue.pops() == before {
-            return Ok(());
-        }
-    }
-}
-
-fn notify<D: Device>(queue: &mut Queue, setup: &WorkerSetup<D>) {
-    if queue.take_notify() {
-        signal_call(queue.index(), &setup.call);
-    }
+    let index = queue.index();
+    // No round limit: the worker has its thread to itself.
+    drain(
+        queue,
+        usize::MAX,
+        |q| setup.device.process_queue(q),
+        || signal_call(index, &setup.call),
+    )?;
+    Ok(())
 }
 
 fn signal_call(index: u16, call: &SharedCall) {
