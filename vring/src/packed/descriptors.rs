@@ -162,8 +162,6 @@ impl std::fmt::Debug for AvailChain {
 enum Phase {
     /// The head is next (always the first element).
     Head,
-    /// The list's descriptors after the head are next.
-    ListStart,
     /// The list's descriptors after the head, or the indirect table's
     /// entries (`Walk::at`, `Walk::left`, `Walk::table`).
     Rest,
@@ -258,16 +256,41 @@ impl<'a, M: GuestMemory + ?Sized> Descriptors<'a, M> {
     }
 }
 
+/// The only element of a one-slot direct buffer: only its address can be
+/// wrong.
+#[inline]
+fn single_element(chain: &AvailChain) -> Result<Descriptor, Error> {
+    let (addr, len) = (chain.head_addr, chain.head_len());
+    if addr.checked_add(u64::from(len)).is_none() {
+        return Err(Error::AddressOverflow {
+            addr,
+            len: u64::from(len),
+        });
+    }
+    Ok(Descriptor {
+        addr,
+        len,
+        writable: chain.head_flags() & DESC_F_WRITE != 0,
+    })
+}
+
 /// A buffer's head as its first element (direct): nothing came before it,
 /// so only its address can be wrong (one u32 length cannot exceed 2^32).
 #[inline]
 fn head_element(chain: &AvailChain, walk: &mut Walk<'_>) -> Result<Descriptor, Error> {
     let (addr, len, flags) = (chain.head_addr, chain.head_len(), chain.head_flags());
-    walk.phase = if chain.slots() > 1 {
-        Phase::ListStart
+    let slots = chain.slots();
+    if slots > 1 {
+        walk.phase = Phase::Rest;
+        walk.at = u32::from(if chain.is_recovered() {
+            chain.inflight()
+        } else {
+            chain.head_slot()
+        });
+        walk.left = u32::from(slots - 1);
     } else {
-        Phase::Done
-    };
+        walk.phase = Phase::Done;
+    }
     if addr.checked_add(u64::from(len)).is_none() {
         return Err(Error::AddressOverflow {
             addr,
@@ -351,16 +374,6 @@ fn slow_step_in<'a, M: GuestMemory + ?Sized>(
             walk.table = Some(table);
             walk.at = 0;
             walk.left = len;
-            rest_step(ctx.areas, ctx.inflight, chain.is_recovered(), size, walk)
-        }
-        Phase::ListStart => {
-            walk.phase = Phase::Rest;
-            walk.at = u32::from(if chain.is_recovered() {
-                chain.inflight()
-            } else {
-                chain.head_slot()
-            });
-            walk.left = u32::from(chain.slots().saturating_sub(1));
             rest_step(ctx.areas, ctx.inflight, chain.is_recovered(), size, walk)
         }
         Phase::Rest => rest_step(ctx.areas, ctx.inflight, chain.is_recovered(), size, walk),
@@ -502,7 +515,8 @@ impl<M: GuestMemory + ?Sized> Iterator for Descriptors<'_, M> {
         let r = match self.walk.phase {
             Phase::Done => return None,
             Phase::Head if self.chain.is_one_direct_slot() => {
-                head_element(&self.chain, &mut self.walk).map(Some)
+                self.walk.phase = Phase::Done;
+                single_element(&self.chain).map(Some)
             }
             Phase::Rest => rest_step(
                 self.areas,
@@ -511,7 +525,7 @@ impl<M: GuestMemory + ?Sized> Iterator for Descriptors<'_, M> {
                 self.config.size,
                 &mut self.walk,
             ),
-            Phase::Head | Phase::ListStart => {
+            Phase::Head => {
                 let ctx = Ctx {
                     mem: self.mem,
                     areas: self.areas,
