@@ -654,6 +654,29 @@ mod tests {
     }
 
     #[test]
+    fn lists_popped_after_completing_recovered_buffers_walk_cleanly() {
+        // Regression: the pop sequence must continue after the recovered
+        // buffers' slots, or completing them makes a later list look
+        // overwritten (found by vhost-io-std's inflight recovery test).
+        let mut w = world();
+        let mut q = w.device();
+        let a = q.pop().unwrap().unwrap();
+        let b = q.pop().unwrap().unwrap();
+        drop(q);
+        let mut q = w.device();
+        let rec = q.recover_inflight().unwrap();
+        let rec_ids: Vec<u16> = rec.iter().map(AvailChain::id).collect();
+        assert_eq!(rec_ids, [a.id(), b.id()]);
+        for r in &rec {
+            q.add_used(r, 1).unwrap();
+        }
+        q.publish_used();
+        let c = q.pop().unwrap().unwrap();
+        assert_eq!(c.slots(), 3);
+        assert_eq!(World::walk(&q, &c), w.elements_of(c.id()));
+    }
+
+    #[test]
     fn open_checks_the_region() {
         let small = SharedRegion::zeroed(32 + 32 * 4);
         assert!(super::PackedInflight::open(small, Q, 0, true).is_err());

@@ -119,18 +119,23 @@ impl<M: GuestMemory> DeviceQueue<M> {
                 reason: "packed ring slot beyond the queue size",
             });
         }
+        let avail = Pos {
+            slot: position.next_avail,
+            wrap: position.avail_wrap,
+        };
+        let used = Pos {
+            slot: position.next_used,
+            wrap: position.used_wrap,
+        };
         Ok(DeviceQueue {
             areas,
             config: *config,
-            avail: Pos {
-                slot: position.next_avail,
-                wrap: position.avail_wrap,
-            },
-            used: Pos {
-                slot: position.next_used,
-                wrap: position.used_wrap,
-            },
-            popped: 0,
+            avail,
+            used,
+            // Slots between the used and the avail position were popped by an
+            // earlier owner of the ring; count them as popped so that the
+            // overwritten-list check lines up with used completions.
+            popped: u64::from(avail.slots_ahead_of(used, config.size)),
             avail_bits: avail_bits(position.avail_wrap),
             pop_slow_bits: DESC_F_NEXT,
             used_bits: used_bits(position.used_wrap),
@@ -539,6 +544,9 @@ impl<M: GuestMemory> DeviceQueue<M> {
                 })?;
         self.set_used(used);
         self.set_avail(used.advance(slots, size));
+        // The recovered buffers occupy the slots from the used position on:
+        // new pops come after them.
+        self.popped = self.used_seq + u64::from(slots);
         self.batch_first = NO_BATCH;
         self.published_seq = self.used_seq;
         self.pending.clear();

@@ -47,6 +47,16 @@ impl Pos {
     /// The position `n` slots further (`n <= size`), toggling the wrap
     /// counter when it passes the end of the ring.
     #[inline]
+    /// How many ring slots `self` is ahead of `behind` (0..=size), for two
+    /// positions at most one lap apart (the avail and used positions).
+    pub(crate) fn slots_ahead_of(self, behind: Pos, size: u16) -> u32 {
+        if self.wrap == behind.wrap {
+            u32::from(self.slot.saturating_sub(behind.slot))
+        } else {
+            u32::from(size) - u32::from(behind.slot.min(size)) + u32::from(self.slot)
+        }
+    }
+
     pub(crate) fn advance(self, n: u16, size: u16) -> Pos {
         let next = u32::from(self.slot) + u32::from(n);
         if next >= u32::from(size) {
