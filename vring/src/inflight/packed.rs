@@ -658,7 +658,7 @@ mod tests {
         // Regression: the pop sequence must continue after the recovered
         // buffers' slots, or completing them makes a later list look
         // overwritten (found by vhost-io-std's inflight recovery test).
-        let mut w = world();
+        let w = world();
         let mut q = w.device();
         let a = q.pop().unwrap().unwrap();
         let b = q.pop().unwrap().unwrap();
