@@ -99,6 +99,39 @@ pub struct QueueConfig {
     pub features: RingFeatures,
 }
 
+/// Translates one ring area at setup, split and packed alike: `addr` must be
+/// a multiple of `align` (the guest alignment the virtqueue spec requires)
+/// and the host mapping of `[addr, addr + len)` a multiple of `host_align` (the
+/// atomic accessors need it; a guest region mapped at an odd host address
+/// would otherwise fail every access later).
+pub(crate) fn translate_area<M: memory::GuestMemory + ?Sized>(
+    mem: &M,
+    area: RingArea,
+    addr: u64,
+    len: usize,
+    align: usize,
+    host_align: usize,
+) -> Result<memory::RawArea, Error> {
+    if !addr.is_multiple_of(align as u64) {
+        return Err(Error::Misaligned { area, addr, align });
+    }
+    let raw = memory::GuestSlice::new(mem, addr, len)
+        .map_err(|_| Error::RingUnmapped {
+            area,
+            addr,
+            len: len as u64,
+        })?
+        .raw();
+    if !raw.is_aligned(host_align) {
+        return Err(Error::Misaligned {
+            area,
+            addr,
+            align: host_align,
+        });
+    }
+    Ok(raw)
+}
+
 /// The device's position in a ring: what vhost-user's SET_VRING_BASE and
 /// GET_VRING_BASE carry (vhost-user spec §3.3, §3.4).
 ///

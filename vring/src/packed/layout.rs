@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use crate::desc::{DESC_F_AVAIL, DESC_F_USED, DESC_SIZE};
 use crate::memory::{Block, BlockArray, RawArea};
-use crate::{Error, RingArea, need_event};
+use crate::{Error, RingArea, need_event, translate_area};
 
 /// Event suppression flags value: always notify (`RING_EVENT_FLAGS_ENABLE`).
 pub const EVENT_FLAGS_ENABLE: u16 = 0x0;
@@ -212,7 +212,9 @@ impl Areas {
             });
         }
         let ring_len = slot_offset(size);
-        let ring = translate(
+        // Host alignment 8 for the descriptors' aligned atomic accesses (u64
+        // addr, u32 len, u16 flags); the event areas are u16 pairs.
+        let ring = translate_area(
             mem,
             RingArea::Descriptors,
             config.desc_table,
@@ -220,7 +222,7 @@ impl Areas {
             16,
             8,
         )?;
-        let driver_event = translate(
+        let driver_event = translate_area(
             mem,
             RingArea::Driver,
             config.driver_area,
@@ -228,7 +230,7 @@ impl Areas {
             4,
             4,
         )?;
-        let device_event = translate(
+        let device_event = translate_area(
             mem,
             RingArea::Device,
             config.device_area,
@@ -316,36 +318,6 @@ impl Areas {
         }
         e.store_u16::<EVENT_FLAGS>(flags, Ordering::Release);
     }
-}
-
-fn translate<M: crate::memory::GuestMemory>(
-    mem: &M,
-    area: RingArea,
-    addr: u64,
-    len: usize,
-    align: usize,
-    host_align: usize,
-) -> Result<RawArea, Error> {
-    if !addr.is_multiple_of(align as u64) {
-        return Err(Error::Misaligned { area, addr, align });
-    }
-    let raw = crate::memory::GuestSlice::new(mem, addr, len)
-        .map_err(|_| Error::RingUnmapped {
-            area,
-            addr,
-            len: len as u64,
-        })?
-        .raw();
-    // The host mapping must allow the aligned atomic accesses (u64 addr,
-    // u32 len, u16 flags; event areas u16).
-    if !raw.is_aligned(host_align) {
-        return Err(Error::Misaligned {
-            area,
-            addr,
-            align: host_align,
-        });
-    }
-    Ok(raw)
 }
 
 /// Whether a side that published the ring positions `[new - count, new)`

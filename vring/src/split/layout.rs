@@ -1,8 +1,8 @@
 //! Byte offsets of the split ring structures (virtqueue spec §2.1–2.5) and the
 //! one-time translation of a queue's three areas.
 
-use crate::memory::{GuestMemory, GuestSlice, RawArea};
-use crate::{Error, QueueConfig, RingArea};
+use crate::memory::{GuestMemory, RawArea};
+use crate::{Error, QueueConfig, RingArea, translate_area};
 
 /// Largest split queue size (virtqueue spec §2.1).
 pub const MAX_QUEUE_SIZE: u16 = 32768;
@@ -140,58 +140,30 @@ impl Rings {
         check_size(config.size)?;
         let q = config.size;
         Ok(Rings {
-            desc: area(
+            desc: translate_area(
                 mem,
                 RingArea::Descriptors,
                 config.desc_table,
                 desc_table_size(q),
                 16,
+                16,
             )?,
-            avail: area(
+            avail: translate_area(
                 mem,
                 RingArea::Driver,
                 config.driver_area,
                 avail_ring_size(q),
                 2,
+                2,
             )?,
-            used: area(
+            used: translate_area(
                 mem,
                 RingArea::Device,
                 config.device_area,
                 used_ring_size(q),
                 4,
+                4,
             )?,
         })
     }
-}
-
-/// Translates one ring area, checking its guest and host alignment.
-fn area<M: GuestMemory + ?Sized>(
-    mem: &M,
-    which: RingArea,
-    addr: u64,
-    len: usize,
-    align: usize,
-) -> Result<RawArea, Error> {
-    let misaligned = Error::Misaligned {
-        area: which,
-        addr,
-        align,
-    };
-    if !addr.is_multiple_of(align as u64) {
-        return Err(misaligned);
-    }
-    let raw = GuestSlice::new(mem, addr, len)
-        .map_err(|_| Error::RingUnmapped {
-            area: which,
-            addr,
-            len: len as u64,
-        })?
-        .raw();
-    // The atomic accessors need host alignment too; a guest region mapped at
-    // an odd host address would otherwise fail every access later.
-    if !raw.is_aligned(align) {
-        return Err(misaligned);
-    }
-    Ok(raw)
 }
