@@ -24,8 +24,18 @@
 pub mod packed;
 pub mod split;
 
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+
 use crate::Error;
-use crate::memory::SharedRegion;
+use crate::memory::{RawArea, SharedRegion};
+
+/// Offset of the header's `version` (u16), split and packed alike.
+const VERSION: usize = 8;
+/// Offset of the header's `desc_num` (u16), split and packed alike.
+const DESC_NUM: usize = 10;
+/// The region format version this code reads and writes (both layouts'
+/// `INFLIGHT_VERSION`).
+const REGION_VERSION: u16 = 1;
 
 /// Alignment of each queue's region (`INFLIGHT_ALIGNMENT` of libvhost-user
 /// and DPDK).
@@ -79,6 +89,51 @@ pub fn queue_region(
         .map_err(|_| Error::InvalidInflight {
             reason: "buffer too small for this queue",
         })
+}
+
+fn bad(reason: &'static str) -> Error {
+    Error::InvalidInflight { reason }
+}
+
+/// Opens one queue's region, split and packed alike, and returns its
+/// `desc_num`. `entries_end(n)` is the offset just past `n` entries.
+///
+/// A zero-filled region (version 0, a new buffer) must hold `queue_size`
+/// entries and is initialised by `init`, which stores the version last and
+/// says whether every store was possible (`false`: the region is
+/// misaligned). An existing one is checked (version, `desc_num` ≥ the queue
+/// size, length) and left as it is for recovery.
+fn open_region(
+    region: &SharedRegion,
+    queue_size: u16,
+    entries_end: impl Fn(u16) -> usize,
+    init: impl FnOnce(&RawArea) -> bool,
+) -> Result<u16, Error> {
+    let a = region.area();
+    let version = a
+        .load_u16(VERSION, Acquire)
+        .ok_or(bad("region shorter than its header"))?;
+    let fits = |n: u16| entries_end(n) <= region.len();
+    if version == 0 {
+        if !fits(queue_size) {
+            return Err(bad("region too small for the queue"));
+        }
+        if !init(a) {
+            return Err(bad("region misaligned"));
+        }
+        return Ok(queue_size);
+    }
+    if version != REGION_VERSION {
+        return Err(bad("unknown region version"));
+    }
+    let n = a.load_u16(DESC_NUM, Relaxed).unwrap_or(0);
+    if n < queue_size {
+        return Err(bad("desc_num smaller than the queue size"));
+    }
+    if !fits(n) {
+        return Err(bad("region shorter than desc_num entries"));
+    }
+    Ok(n)
 }
 
 /// Simulated process death for crash-consistency tests: every store of a

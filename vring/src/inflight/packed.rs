@@ -35,13 +35,11 @@
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-use super::CrashPoint;
+use super::{CrashPoint, DESC_NUM, VERSION, bad, open_region};
 use crate::Error;
 use crate::memory::SharedRegion;
 use crate::packed::layout::{Areas, DESC_FLAGS, Pos, RawDesc, avail_bits, is_avail, slot_offset};
 
-const VERSION: usize = 8;
-const DESC_NUM: usize = 10;
 const FREE_HEAD: usize = 12;
 const OLD_FREE_HEAD: usize = 14;
 const USED_IDX: usize = 16;
@@ -61,11 +59,7 @@ const E_LEN: usize = 20;
 const E_ADDR: usize = 24;
 
 /// The region format version this code reads and writes.
-pub const INFLIGHT_VERSION: u16 = 1;
-
-fn bad(reason: &'static str) -> Error {
-    Error::InvalidInflight { reason }
-}
+pub const INFLIGHT_VERSION: u16 = super::REGION_VERSION;
 
 #[inline]
 fn entry(i: u16) -> usize {
@@ -111,15 +105,7 @@ impl PackedInflight {
         next_used: u16,
         used_wrap: bool,
     ) -> Result<Self, Error> {
-        let a = region.area();
-        let version = a
-            .load_u16(VERSION, Acquire)
-            .ok_or(bad("region shorter than its header"))?;
-        let fits = |n: u16| entry(n) <= region.len();
-        let desc_num = if version == 0 {
-            if !fits(queue_size) {
-                return Err(bad("region too small for the queue"));
-            }
+        let desc_num = open_region(&region, queue_size, entry, |a| {
             let mut ok = a.store_u64(0, 0, Relaxed).is_some()
                 && a.store_u16(DESC_NUM, queue_size, Relaxed).is_some()
                 && a.store_u16(FREE_HEAD, 0, Relaxed).is_some()
@@ -136,23 +122,8 @@ impl PackedInflight {
                     && a.store_u16(e + E_NEXT, j + 1, Relaxed).is_some();
             }
             ok &= a.store_u16(VERSION, INFLIGHT_VERSION, Release).is_some();
-            if !ok {
-                return Err(bad("region misaligned"));
-            }
-            queue_size
-        } else {
-            if version != INFLIGHT_VERSION {
-                return Err(bad("unknown region version"));
-            }
-            let n = a.load_u16(DESC_NUM, Relaxed).unwrap_or(0);
-            if n < queue_size {
-                return Err(bad("desc_num smaller than the queue size"));
-            }
-            if !fits(n) {
-                return Err(bad("region shorter than desc_num entries"));
-            }
-            n
-        };
+            ok
+        })?;
         let mut this = PackedInflight {
             region,
             desc_num,

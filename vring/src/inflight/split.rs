@@ -24,12 +24,10 @@
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-use super::CrashPoint;
+use super::{CrashPoint, DESC_NUM, VERSION, bad, open_region};
 use crate::Error;
 use crate::memory::SharedRegion;
 
-const VERSION: usize = 8;
-const DESC_NUM: usize = 10;
 const LAST_BATCH_HEAD: usize = 12;
 const USED_IDX: usize = 14;
 const DESC: usize = 16;
@@ -39,11 +37,7 @@ const E_NEXT: usize = 6;
 const E_COUNTER: usize = 8;
 
 /// The region format version this code reads and writes.
-pub const INFLIGHT_VERSION: u16 = 1;
-
-fn bad(reason: &'static str) -> Error {
-    Error::InvalidInflight { reason }
-}
+pub const INFLIGHT_VERSION: u16 = super::REGION_VERSION;
 
 /// One split queue's inflight region, attached to a
 /// [`split::DeviceQueue`](crate::split::DeviceQueue).
@@ -64,37 +58,13 @@ impl SplitInflight {
     /// existing one is checked (version, `desc_num` ≥ the queue size, length)
     /// and left as it is for recovery.
     pub fn open(region: SharedRegion, queue_size: u16, used_idx: u16) -> Result<Self, Error> {
-        let a = region.area();
-        let version = a
-            .load_u16(VERSION, Acquire)
-            .ok_or(bad("region shorter than its header"))?;
-        let fits = |n: u16| DESC + DESC_SIZE * usize::from(n) <= region.len();
-        let desc_num = if version == 0 {
-            if !fits(queue_size) {
-                return Err(bad("region too small for the queue"));
-            }
-            let ok = a.store_u64(0, 0, Relaxed).is_some()
+        let desc_num = open_region(&region, queue_size, entry, |a| {
+            a.store_u64(0, 0, Relaxed).is_some()
                 && a.store_u16(DESC_NUM, queue_size, Relaxed).is_some()
                 && a.store_u16(LAST_BATCH_HEAD, 0, Relaxed).is_some()
                 && a.store_u16(USED_IDX, used_idx, Relaxed).is_some()
-                && a.store_u16(VERSION, INFLIGHT_VERSION, Release).is_some();
-            if !ok {
-                return Err(bad("region misaligned"));
-            }
-            queue_size
-        } else {
-            if version != INFLIGHT_VERSION {
-                return Err(bad("unknown region version"));
-            }
-            let n = a.load_u16(DESC_NUM, Relaxed).unwrap_or(0);
-            if n < queue_size {
-                return Err(bad("desc_num smaller than the queue size"));
-            }
-            if !fits(n) {
-                return Err(bad("region shorter than desc_num entries"));
-            }
-            n
-        };
+                && a.store_u16(VERSION, INFLIGHT_VERSION, Release).is_some()
+        })?;
         let mut this = SplitInflight {
             region,
             desc_num,
