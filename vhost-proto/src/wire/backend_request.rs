@@ -100,22 +100,17 @@ impl<H> BackendRequest<H> {
         _ctx: &DecodeContext,
     ) -> Result<Self, DecodeError> {
         use BackendReq as C;
-        let f = Frame {
-            request: req.into(),
-            reply: false,
-            need_reply: flags.need_reply(),
-        };
-        let none = |fds: Vec<H>| f.fds_exact(fds, 0).map(|_| ());
+        let f = Frame::request(req, flags);
         let uuid = |payload: &[u8]| f.read::<SharedObjectRaw>(payload).map(|u| Uuid(u.uuid));
         Ok(match req {
             C::IotlbMsg => {
                 let raw: IotlbMsgRaw = f.read(payload)?;
                 let msg = IotlbMsg::try_from(raw).map_err(|e| f.invalid(e))?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::IotlbMsg { msg }
             }
             C::ConfigChangeMsg => {
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::ConfigChange
             }
             C::VringHostNotifierMsg => {
@@ -133,7 +128,7 @@ impl<H> BackendRequest<H> {
             }
             C::VringCall | C::VringErr => {
                 let s: VringStateRaw = f.read(payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 if req == C::VringCall {
                     Self::VringCall { index: s.index }
                 } else {
@@ -142,17 +137,17 @@ impl<H> BackendRequest<H> {
             }
             C::SharedObjectAdd => {
                 let uuid = uuid(payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::SharedObjectAdd { uuid }
             }
             C::SharedObjectRemove => {
                 let uuid = uuid(payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::SharedObjectRemove { uuid }
             }
             C::SharedObjectLookup => {
                 let uuid = uuid(payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::SharedObjectLookup { uuid }
             }
             C::ShmemMap | C::ShmemUnmap => {
@@ -165,7 +160,7 @@ impl<H> BackendRequest<H> {
                         fd: f.one_fd(fds)?,
                     }
                 } else {
-                    none(fds)?;
+                    f.no_fds(fds)?;
                     Self::ShmemUnmap { map }
                 }
             }

@@ -5,6 +5,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::codes::ReqCode;
 use super::error::DecodeError;
 use super::header::{HEADER_SIZE, Header, HeaderFlags};
+use super::layout::U64Payload;
 use super::rules::Limit;
 
 /// One message ready for a single `sendmsg`: header + payload bytes, and the handles to
@@ -45,6 +46,34 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
+    /// The context of a request with code `request` and header `flags`.
+    pub(crate) fn request(request: impl Into<ReqCode>, flags: HeaderFlags) -> Frame {
+        Frame {
+            request: request.into(),
+            reply: false,
+            need_reply: flags.need_reply(),
+        }
+    }
+
+    /// The context of a reply to the request with code `request`.
+    pub(crate) fn reply(request: impl Into<ReqCode>) -> Frame {
+        Frame {
+            request: request.into(),
+            reply: true,
+            need_reply: false,
+        }
+    }
+
+    /// Reads the u64 of a [`U64Payload`] at the start of `payload`.
+    pub(crate) fn read_u64(&self, payload: &[u8]) -> Result<u64, DecodeError> {
+        self.read::<U64Payload>(payload).map(|v| v.value)
+    }
+
+    /// Checks that no fd arrived.
+    pub(crate) fn no_fds<H>(&self, fds: Vec<H>) -> Result<(), DecodeError> {
+        self.fds_exact(fds, 0).map(|_| ())
+    }
+
     /// Reads a `T` from the start of `payload`; a short payload is a size error.
     pub(crate) fn read<T: FromBytes>(&self, payload: &[u8]) -> Result<T, DecodeError> {
         T::read_from_prefix(payload)

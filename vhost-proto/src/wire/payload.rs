@@ -67,6 +67,27 @@ pub(crate) fn write_region(
     Ok(())
 }
 
+/// Appends a memory table (spec §3.7): the count, then the regions in the context's layout.
+pub(crate) fn write_mem_table<'a>(
+    out: &mut Vec<u8>,
+    regions: impl ExactSizeIterator<Item = &'a MemoryRegion>,
+    ctx: &DecodeContext,
+) -> Result<(), EncodeError> {
+    let count = regions.len();
+    if count > MAX_MEM_REGIONS {
+        return Err(EncodeError::TooManyRegions { count });
+    }
+    let hdr = MemoryTableHeaderRaw {
+        num_regions: count as u32,
+        padding: 0,
+    };
+    out.extend_from_slice(hdr.as_bytes());
+    for r in regions {
+        write_region(out, r, ctx)?;
+    }
+    Ok(())
+}
+
 /// Reads a memory table (spec §3.7): the count, then that many regions, validated.
 pub(crate) fn read_mem_table(
     f: &Frame,

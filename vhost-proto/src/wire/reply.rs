@@ -13,11 +13,12 @@ use super::error::{DecodeError, EncodeError, PayloadError};
 use super::flags::ConfigFlags;
 use super::header::HeaderFlags;
 use super::layout::{
-    CryptoSessionRaw, InflightDescRaw, MAX_MEM_REGIONS, MemoryTableHeaderRaw, SharedObjectRaw,
-    ShmemConfigRaw, SingleRegionHeaderRaw, U64Payload, VRING_IDX_MASK, VRING_NOFD_MASK,
-    VringStateRaw,
+    CryptoSessionRaw, InflightDescRaw, SharedObjectRaw, ShmemConfigRaw, SingleRegionHeaderRaw,
+    U64Payload, VRING_IDX_MASK, VRING_NOFD_MASK, VringStateRaw,
 };
-use super::payload::{read_config, read_mem_table, read_single_region, write_config, write_region};
+use super::payload::{
+    read_config, read_mem_table, read_single_region, write_config, write_mem_table, write_region,
+};
 use super::types::{CryptoSession, InflightDesc, MemoryRegion, ShmemConfig, Uuid, VringBase};
 
 /// The back-end's reply to a front-end request (spec §5), with its fd handles.
@@ -161,43 +162,37 @@ impl<H> FrontendReply<H> {
         fds: Vec<H>,
         ctx: &DecodeContext,
     ) -> Result<Self, DecodeError> {
-        let f = Frame {
-            request: req.into(),
-            reply: true,
-            need_reply: false,
-        };
-        let none = |fds: Vec<H>| f.fds_exact(fds, 0).map(|_| ());
-        let u64_of = |p: &[u8]| f.read::<U64Payload>(p).map(|v| v.value);
+        let f = Frame::reply(req);
         Ok(match shape(req, ctx) {
             Shape::U64 => {
-                let value = u64_of(payload)?;
-                none(fds)?;
+                let value = f.read_u64(payload)?;
+                f.no_fds(fds)?;
                 Self::U64 { value }
             }
             Shape::LogBase if payload.is_empty() => {
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::Empty
             }
             Shape::LogBase => {
-                let value = u64_of(payload)?;
-                none(fds)?;
+                let value = f.read_u64(payload)?;
+                f.no_fds(fds)?;
                 Self::U64 { value }
             }
             Shape::VringBase => {
                 let s: VringStateRaw = f.read(payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::VringBase {
                     index: s.index,
                     base: VringBase(s.num),
                 }
             }
             Shape::Config if payload.is_empty() => {
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::Empty
             }
             Shape::Config => {
                 let (hdr, data) = read_config(&f, payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::Config {
                     offset: hdr.offset,
                     flags: hdr.flags.into(),
@@ -206,7 +201,7 @@ impl<H> FrontendReply<H> {
             }
             Shape::Crypto => {
                 let raw: CryptoSessionRaw = f.read(payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::CryptoSession {
                     session: Box::new(raw.into()),
                 }
@@ -221,12 +216,12 @@ impl<H> FrontendReply<H> {
             }
             Shape::MemTable => {
                 let regions = read_mem_table(&f, payload, ctx)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::MemTable { regions }
             }
             Shape::AddMemReg => {
                 let region = read_single_region(&f, payload, ctx)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::AddMemReg { region }
             }
             Shape::SharedObject => {
@@ -244,7 +239,7 @@ impl<H> FrontendReply<H> {
                 }
             }
             Shape::DeviceState => {
-                let v = u64_of(payload)?;
+                let v = f.read_u64(payload)?;
                 if v & !(VRING_IDX_MASK | VRING_NOFD_MASK) != 0 {
                     return Err(f.invalid(PayloadError::InvalidValue {
                         field: "device state reply",
@@ -266,7 +261,7 @@ impl<H> FrontendReply<H> {
             Shape::Shmem => {
                 let raw: ShmemConfigRaw = f.read(payload)?;
                 let config = ShmemConfig::try_from(raw).map_err(|e| f.invalid(e))?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::ShmemConfig {
                     config: Box::new(config),
                 }
@@ -337,21 +332,7 @@ impl<H> FrontendReply<H> {
                 p.extend_from_slice(InflightDescRaw::from(desc).as_bytes());
                 fds.extend(fd);
             }
-            Self::MemTable { regions } => {
-                if regions.len() > MAX_MEM_REGIONS {
-                    return Err(EncodeError::TooManyRegions {
-                        count: regions.len(),
-                    });
-                }
-                let hdr = MemoryTableHeaderRaw {
-                    num_regions: regions.len() as u32,
-                    padding: 0,
-                };
-                p.extend_from_slice(hdr.as_bytes());
-                for r in &regions {
-                    write_region(&mut p, r, ctx)?;
-                }
-            }
+            Self::MemTable { regions } => write_mem_table(&mut p, regions.iter(), ctx)?,
             Self::AddMemReg { region } => {
                 p.extend_from_slice(SingleRegionHeaderRaw::default().as_bytes());
                 write_region(&mut p, &region, ctx)?;
@@ -402,12 +383,8 @@ impl<H> BackendReply<H> {
         fds: Vec<H>,
         _ctx: &DecodeContext,
     ) -> Result<Self, DecodeError> {
-        let f = Frame {
-            request: req.into(),
-            reply: true,
-            need_reply: false,
-        };
-        let value = f.read::<U64Payload>(payload)?.value;
+        let f = Frame::reply(req);
+        let value = f.read_u64(payload)?;
         if req == BackendReq::SharedObjectLookup {
             let fd = f.any_opt_fd(fds)?;
             if value != 0 && fd.is_some() {

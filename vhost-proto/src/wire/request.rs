@@ -13,12 +13,12 @@ use super::flags::{
 use super::header::HeaderFlags;
 use super::layout::{
     CryptoSessionRaw, DeviceStateParamsRaw, InflightDescRaw, IotlbMsgRaw, LogDescriptionRaw,
-    MAX_CONFIG_SIZE, MAX_MEM_REGIONS, MemoryTableHeaderRaw, SharedObjectRaw, SingleRegionHeaderRaw,
-    U64Payload, VringAddrRaw, VringStateRaw,
+    MAX_CONFIG_SIZE, SharedObjectRaw, SingleRegionHeaderRaw, U64Payload, VringAddrRaw,
+    VringStateRaw,
 };
 use super::payload::{
     make_vring_index_word, read_config, read_mem_table, read_single_region, vring_index_word,
-    write_config, write_region,
+    write_config, write_mem_table, write_region,
 };
 use super::types::{
     CryptoSession, InflightDesc, IotlbMsg, LogDescription, MemoryRegion, RegionFd, Uuid, VringAddr,
@@ -256,10 +256,6 @@ pub enum FrontendRequest<H> {
     GetShmemConfig,
 }
 
-fn u64_of(f: &Frame, payload: &[u8]) -> Result<u64, DecodeError> {
-    f.read::<U64Payload>(payload).map(|p| p.value)
-}
-
 fn state_of(f: &Frame, payload: &[u8]) -> Result<VringStateRaw, DecodeError> {
     f.read(payload)
 }
@@ -329,43 +325,38 @@ impl<H> FrontendRequest<H> {
         ctx: &DecodeContext,
     ) -> Result<Self, DecodeError> {
         use FrontendReq as C;
-        let f = Frame {
-            request: req.into(),
-            reply: false,
-            need_reply: flags.need_reply(),
-        };
-        let none = |fds: Vec<H>| f.fds_exact(fds, 0).map(|_| ());
+        let f = Frame::request(req, flags);
         let msg = match req {
-            C::GetFeatures => none(fds).map(|_| Self::GetFeatures)?,
-            C::SetOwner => none(fds).map(|_| Self::SetOwner)?,
-            C::ResetOwner => none(fds).map(|_| Self::ResetOwner)?,
-            C::GetProtocolFeatures => none(fds).map(|_| Self::GetProtocolFeatures)?,
-            C::GetQueueNum => none(fds).map(|_| Self::GetQueueNum)?,
-            C::PostcopyAdvise => none(fds).map(|_| Self::PostcopyAdvise)?,
-            C::PostcopyListen => none(fds).map(|_| Self::PostcopyListen)?,
-            C::PostcopyEnd => none(fds).map(|_| Self::PostcopyEnd)?,
-            C::ResetDevice => none(fds).map(|_| Self::ResetDevice)?,
-            C::GetMaxMemSlots => none(fds).map(|_| Self::GetMaxMemSlots)?,
-            C::GetStatus => none(fds).map(|_| Self::GetStatus)?,
-            C::CheckDeviceState => none(fds).map(|_| Self::CheckDeviceState)?,
-            C::GetShmemConfig => none(fds).map(|_| Self::GetShmemConfig)?,
+            C::GetFeatures => f.no_fds(fds).map(|_| Self::GetFeatures)?,
+            C::SetOwner => f.no_fds(fds).map(|_| Self::SetOwner)?,
+            C::ResetOwner => f.no_fds(fds).map(|_| Self::ResetOwner)?,
+            C::GetProtocolFeatures => f.no_fds(fds).map(|_| Self::GetProtocolFeatures)?,
+            C::GetQueueNum => f.no_fds(fds).map(|_| Self::GetQueueNum)?,
+            C::PostcopyAdvise => f.no_fds(fds).map(|_| Self::PostcopyAdvise)?,
+            C::PostcopyListen => f.no_fds(fds).map(|_| Self::PostcopyListen)?,
+            C::PostcopyEnd => f.no_fds(fds).map(|_| Self::PostcopyEnd)?,
+            C::ResetDevice => f.no_fds(fds).map(|_| Self::ResetDevice)?,
+            C::GetMaxMemSlots => f.no_fds(fds).map(|_| Self::GetMaxMemSlots)?,
+            C::GetStatus => f.no_fds(fds).map(|_| Self::GetStatus)?,
+            C::CheckDeviceState => f.no_fds(fds).map(|_| Self::CheckDeviceState)?,
+            C::GetShmemConfig => f.no_fds(fds).map(|_| Self::GetShmemConfig)?,
             C::SetFeatures => {
-                let v = u64_of(&f, payload)?;
-                none(fds)?;
+                let v = f.read_u64(payload)?;
+                f.no_fds(fds)?;
                 Self::SetFeatures {
                     features: VirtioFeatures::from_bits_retain(v),
                 }
             }
             C::SetProtocolFeatures => {
-                let v = u64_of(&f, payload)?;
-                none(fds)?;
+                let v = f.read_u64(payload)?;
+                f.no_fds(fds)?;
                 Self::SetProtocolFeatures {
                     features: ProtocolFeatures::from_bits_retain(v),
                 }
             }
             C::SetMemTable if ctx.postcopy && payload.len() == size_of::<U64Payload>() => {
-                let value = u64_of(&f, payload)?;
-                none(fds)?;
+                let value = f.read_u64(payload)?;
+                f.no_fds(fds)?;
                 Self::SetMemTablePostcopyAck { value }
             }
             C::SetMemTable => {
@@ -392,7 +383,7 @@ impl<H> FrontendRequest<H> {
             C::GpuSetSocket => Self::GpuSetSocket { fd: f.one_fd(fds)? },
             C::SetVringNum => {
                 let s = state_of(&f, payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::SetVringNum {
                     index: s.index,
                     num: s.num,
@@ -400,12 +391,12 @@ impl<H> FrontendRequest<H> {
             }
             C::SetVringAddr => {
                 let a: VringAddrRaw = f.read(payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::SetVringAddr { addr: a.into() }
             }
             C::SetVringBase => {
                 let s = state_of(&f, payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::SetVringBase {
                     index: s.index,
                     base: VringBase(s.num),
@@ -413,12 +404,12 @@ impl<H> FrontendRequest<H> {
             }
             C::GetVringBase => {
                 let s = state_of(&f, payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::GetVringBase { index: s.index }
             }
             C::SetVringKick | C::SetVringCall | C::SetVringErr => {
                 let (index, nofd) =
-                    vring_index_word(u64_of(&f, payload)?).map_err(|e| f.invalid(e))?;
+                    vring_index_word(f.read_u64(payload)?).map_err(|e| f.invalid(e))?;
                 let fd = f.opt_fd(fds, !nofd)?;
                 match req {
                     C::SetVringKick => Self::SetVringKick { index, fd },
@@ -438,15 +429,15 @@ impl<H> FrontendRequest<H> {
                         }));
                     }
                 };
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::SetVringEnable {
                     index: s.index,
                     enable,
                 }
             }
             C::SendRarp => {
-                let v = u64_of(&f, payload)?;
-                none(fds)?;
+                let v = f.read_u64(payload)?;
+                f.no_fds(fds)?;
                 let b = v.to_ne_bytes();
                 let [m0, m1, m2, m3, m4, m5, _, _] = b;
                 Self::SendRarp {
@@ -454,14 +445,14 @@ impl<H> FrontendRequest<H> {
                 }
             }
             C::NetSetMtu => {
-                let mtu = u64_of(&f, payload)?;
-                none(fds)?;
+                let mtu = f.read_u64(payload)?;
+                f.no_fds(fds)?;
                 Self::NetSetMtu { mtu }
             }
             C::IotlbMsg => {
                 let raw: IotlbMsgRaw = f.read(payload)?;
                 let msg = IotlbMsg::try_from(raw).map_err(|e| f.invalid(e))?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::IotlbMsg { msg }
             }
             C::SetVringEndian => {
@@ -472,7 +463,7 @@ impl<H> FrontendRequest<H> {
                         value: v.into(),
                     })
                 })?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::SetVringEndian {
                     index: s.index,
                     endian,
@@ -480,7 +471,7 @@ impl<H> FrontendRequest<H> {
             }
             C::GetConfig => {
                 let (hdr, _) = read_config(&f, payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::GetConfig {
                     offset: hdr.offset,
                     size: hdr.size,
@@ -489,7 +480,7 @@ impl<H> FrontendRequest<H> {
             }
             C::SetConfig => {
                 let (hdr, data) = read_config(&f, payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::SetConfig {
                     offset: hdr.offset,
                     flags: hdr.flags.into(),
@@ -498,19 +489,19 @@ impl<H> FrontendRequest<H> {
             }
             C::CreateCryptoSession => {
                 let raw: CryptoSessionRaw = f.read(payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::CreateCryptoSession {
                     session: Box::new(raw.into()),
                 }
             }
             C::CloseCryptoSession => {
-                let session_id = u64_of(&f, payload)?;
-                none(fds)?;
+                let session_id = f.read_u64(payload)?;
+                f.no_fds(fds)?;
                 Self::CloseCryptoSession { session_id }
             }
             C::GetInflightFd => {
                 let d: InflightDescRaw = f.read(payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::GetInflightFd { desc: d.into() }
             }
             C::SetInflightFd => {
@@ -522,12 +513,12 @@ impl<H> FrontendRequest<H> {
             }
             C::VringKick => {
                 let s = state_of(&f, payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::VringKick { index: s.index }
             }
             C::AddMemReg if ctx.postcopy && payload.len() == size_of::<U64Payload>() => {
-                let value = u64_of(&f, payload)?;
-                none(fds)?;
+                let value = f.read_u64(payload)?;
+                f.no_fds(fds)?;
                 Self::AddMemRegPostcopyAck { value }
             }
             C::AddMemReg => {
@@ -546,21 +537,21 @@ impl<H> FrontendRequest<H> {
                 Self::RemMemReg { region }
             }
             C::SetStatus => {
-                let v = u64_of(&f, payload)?;
+                let v = f.read_u64(payload)?;
                 let status = u8::try_from(v).map_err(|_| {
                     f.invalid(PayloadError::InvalidValue {
                         field: "device status",
                         value: v,
                     })
                 })?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::SetStatus {
                     status: DeviceStatus::from_bits_retain(status),
                 }
             }
             C::GetSharedObject => {
                 let u: SharedObjectRaw = f.read(payload)?;
-                none(fds)?;
+                f.no_fds(fds)?;
                 Self::GetSharedObject { uuid: Uuid(u.uuid) }
             }
             C::SetDeviceStateFd => {
@@ -634,19 +625,7 @@ impl<H> FrontendRequest<H> {
             Self::SetFeatures { features } => u64p(&mut p, features.bits()),
             Self::SetProtocolFeatures { features } => u64p(&mut p, features.bits()),
             Self::SetMemTable { regions } => {
-                if regions.len() > MAX_MEM_REGIONS {
-                    return Err(EncodeError::TooManyRegions {
-                        count: regions.len(),
-                    });
-                }
-                let hdr = MemoryTableHeaderRaw {
-                    num_regions: regions.len() as u32,
-                    padding: 0,
-                };
-                p.extend_from_slice(hdr.as_bytes());
-                for r in &regions {
-                    write_region(&mut p, &r.region, ctx)?;
-                }
+                write_mem_table(&mut p, regions.iter().map(|r| &r.region), ctx)?;
                 fds.extend(regions.into_iter().map(|r| r.fd));
             }
             Self::SetMemTablePostcopyAck { value } | Self::AddMemRegPostcopyAck { value } => {
