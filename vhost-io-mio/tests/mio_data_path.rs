@@ -4,139 +4,48 @@
 //! wrap, memory changes while running, config/status, disconnects mid-I/O.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// The std binding's own test helpers (handshake, ring start, echo checks), reused.
+// The std binding's own test helpers (handshake, ring start, echo checks) and the
+// scenarios its data-path suite runs against the std back-end, run here against mio's.
 #[path = "../../vhost-io-std/tests/common/mod.rs"]
 mod common;
+#[path = "../../vhost-io-std/tests/common/scenarios.rs"]
+mod scenarios;
 
 use std::os::unix::net::UnixStream;
 
 use common::*;
+use scenarios::EchoBackend;
 use vhost_io_mio::{Server, ServerHandle};
 use vhost_io_std::echo::Echo;
-use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
-use vhost_proto::wire::DeviceStatus;
+use vhost_io_std::frontend::{Frontend, GuestRam};
 
-fn mio_pair(queues: u16) -> (Frontend, ServerHandle) {
-    let server = Server::new(Echo::new(queues)).unwrap().spawn().unwrap();
-    let (a, b) = UnixStream::pair().unwrap();
-    server.handle().add(b).unwrap();
-    (Frontend::from_stream(a).unwrap(), server)
-}
-
-fn data_path(packed: bool, event_idx: bool) {
-    let ram = GuestRam::new(0, RAM).unwrap();
-    let (mut front, server) = mio_pair(4);
-    handshake(&mut front, &ram, packed, event_idx);
-    assert_eq!(front.get_queue_num().unwrap(), 4);
-    let mut rings: Vec<DriverRing> = (0..3u16)
-        .map(|i| {
-            start_ring(
-                &mut front,
-                &ram,
-                i,
-                u64::from(i) * 0x4_0000,
-                128,
-                packed,
-                event_idx,
-            )
-        })
-        .collect();
-    for (k, ring) in rings.iter_mut().enumerate() {
-        echo_through(ring, &ram, 300, 256, k as u8);
+impl EchoBackend for ServerHandle {
+    fn start(queues: u16) -> (Frontend, Self) {
+        let server = Server::new(Echo::new(queues)).unwrap().spawn().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        server.handle().add(b).unwrap();
+        (Frontend::from_stream(a).unwrap(), server)
     }
-    for ring in &rings {
-        let base = front.get_vring_base(ring.index().into()).unwrap();
-        if packed {
-            let (slots, size) = (600u32, u32::from(ring.size()));
-            assert_eq!(u32::from(base.packed_avail_idx()), slots % size);
-            assert_eq!(base.packed_avail_wrap(), (slots / size).is_multiple_of(2));
-        } else {
-            assert_eq!(base.split_next_avail(), 300);
-        }
+
+    fn finish(self) {
+        self.stop().unwrap();
     }
-    drop(front);
-    server.stop().unwrap();
 }
 
-#[test]
-fn split_ring_event_idx_off() {
-    data_path(false, false);
-}
-
-#[test]
-fn split_ring_event_idx_on() {
-    data_path(false, true);
-}
-
-#[test]
-fn packed_ring_event_idx_off() {
-    data_path(true, false);
-}
-
-#[test]
-fn packed_ring_event_idx_on() {
-    data_path(true, true);
-}
-
-#[test]
-fn config_status_and_refusals() {
-    let ram = GuestRam::new(0, RAM).unwrap();
-    let (mut front, server) = mio_pair(1);
-    handshake(&mut front, &ram, false, true);
-    let magic = front.get_config(0, 8).unwrap();
-    assert_eq!(
-        u64::from_le_bytes(magic.try_into().unwrap()),
-        vhost_io_std::echo::CONFIG_MAGIC
-    );
-    assert!(front.get_config(4, 8).is_err());
-    assert!(front.set_config(0, &[1]).is_err());
-    front
-        .set_status(DeviceStatus::from_bits_retain(0xf))
-        .unwrap();
-    assert_eq!(front.get_status().unwrap().bits(), 0xf);
-    assert!(front.set_vring_num(7, 64).is_err());
-    assert!(front.set_vring_num(0, 100).is_err());
-    let mut ring = start_ring(&mut front, &ram, 0, 0, 64, false, true);
-    echo_through(&mut ring, &ram, 10, 64, 1);
-    front.reset_device().unwrap();
-    drop(front);
-    server.stop().unwrap();
-}
+scenarios::echo_scenarios!(ServerHandle);
 
 fn stop_and_resume(packed: bool) {
-    let ram = GuestRam::new(0, RAM).unwrap();
-    let (mut front, server) = mio_pair(1);
-    handshake(&mut front, &ram, packed, true);
-    let f = ring_features(true);
-    let (mut ring, _) = if packed {
-        DriverRing::packed_at(&ram, 0, 0, 16, f, 13, false).unwrap()
-    } else {
-        DriverRing::split_at(&ram, 0, 0, 16, f, 65530).unwrap()
-    };
-    ring.configure(&mut front, &ram).unwrap();
-    front.set_vring_enable(0, true).unwrap();
-    echo_through(&mut ring, &ram, 5, 32, 3);
-    let base = front.get_vring_base(0).unwrap();
-    if packed {
-        assert_eq!(
-            (base.packed_avail_idx(), base.packed_avail_wrap()),
-            (7, true)
-        );
-        assert_eq!((base.packed_used_idx(), base.packed_used_wrap()), (7, true));
-    } else {
-        assert_eq!(base.split_next_avail(), 65535);
-    }
-    // Stopped: a buffer added now is served only after the restart.
-    let id = ring.add(&[(BUFS, 4)], &[(BUFS + 64, 4)]).unwrap();
-    ring.kick().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    assert_eq!(ring.pop_used().unwrap(), None);
-    ring.restart(&mut front, base).unwrap();
-    assert_eq!(ring.collect(1, TIMEOUT).unwrap().len(), 1);
-    let _ = id;
-    echo_through(&mut ring, &ram, 3, 16, 9);
-    drop(front);
-    server.stop().unwrap();
+    scenarios::stop_and_resume::<ServerHandle>(packed, |front, ring, ram, base| {
+        // Stopped: a buffer added now is served only after the restart.
+        let id = ring.add(&[(BUFS, 4)], &[(BUFS + 64, 4)]).unwrap();
+        ring.kick().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(ring.pop_used().unwrap(), None);
+        ring.restart(front, base).unwrap();
+        assert_eq!(ring.collect(1, TIMEOUT).unwrap().len(), 1);
+        let _ = id;
+        echo_through(ring, ram, 3, 16, 9);
+    });
 }
 
 #[test]
@@ -151,21 +60,7 @@ fn packed_ring_stops_and_resumes_in_position_across_the_wrap() {
 
 #[test]
 fn memory_regions_added_and_removed_while_running() {
-    let ram = GuestRam::new(0, RAM).unwrap();
-    let (mut front, server) = mio_pair(2);
-    handshake(&mut front, &ram, false, true);
-    let mut r0 = start_ring(&mut front, &ram, 0, 0, 64, false, true);
-    echo_through(&mut r0, &ram, 50, 128, 0);
-    let extra = GuestRam::new(0x1000_0000, 1 << 20).unwrap();
-    front.add_mem_reg(extra.region(), extra.fd()).unwrap();
-    echo_through(&mut r0, &ram, 50, 128, 1);
-    front.rem_mem_reg(extra.region()).unwrap();
-    echo_through(&mut r0, &ram, 50, 128, 2);
-    assert!(front.rem_mem_reg(extra.region()).is_err());
-    front.set_mem_table(&[(ram.region(), ram.fd())]).unwrap();
-    echo_through(&mut r0, &ram, 50, 128, 3);
-    drop(front);
-    server.stop().unwrap();
+    scenarios::memory_regions_added_and_removed_while_running::<ServerHandle>(|_, _, _| {});
 }
 
 #[test]
@@ -185,17 +80,7 @@ fn frontends_that_vanish_mid_io_leave_the_others_served() {
     handshake(&mut steady, &ram, false, true);
     let mut steady_ring = start_ring(&mut steady, &ram, 0, 0, 64, false, true);
     for round in 0..3u8 {
-        let ram2 = GuestRam::new(0, RAM).unwrap();
-        let mut front = Frontend::connect(&path).unwrap();
-        handshake(&mut front, &ram2, round % 2 == 1, true);
-        let mut ring = start_ring(&mut front, &ram2, 0, 0, 64, round % 2 == 1, true);
-        echo_through(&mut ring, &ram2, 20, 64, round);
-        for k in 0..16u64 {
-            ring.add(&[(BUFS + k * 128, 64)], &[(BUFS + k * 128 + 64, 64)])
-                .unwrap();
-        }
-        ring.kick().unwrap();
-        drop(front);
+        scenarios::session_that_vanishes_mid_io(&path, round);
         echo_through(&mut steady_ring, &ram, 20, 64, round);
     }
     drop(steady);
@@ -341,7 +226,7 @@ fn different_devices_in_one_loop_and_a_panicking_one_breaks_only_its_ring() {
 fn inflight_buffer_handed_out_and_attached() {
     use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
     let ram = GuestRam::new(0, RAM).unwrap();
-    let (mut front, server) = mio_pair(1);
+    let (mut front, server) = ServerHandle::start(1);
     let offered = front.get_features().unwrap();
     let protocol = front.get_protocol_features().unwrap();
     assert!(protocol.contains(ProtocolFeatures::INFLIGHT_SHMFD));
