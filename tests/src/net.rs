@@ -1,7 +1,11 @@
 //! virtio-net pieces (virtqueue spec §9) and DPDK testpmd output parsing, for the real-peer
 //! tests against DPDK's `net_virtio_user` and `net_vhost`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::Peer;
 
 /// The virtio-net header with VERSION_1 (or MRG_RXBUF): 12 bytes, `num_buffers` last.
 pub const HDR_LEN: usize = 12;
@@ -120,6 +124,50 @@ pub fn final_forward_stats(output: &str) -> Option<Counters> {
 /// `NIC statistics for port` block.
 pub fn latest_port_stats(output: &str) -> Option<Counters> {
     block_after(output, "NIC statistics for port")
+}
+
+/// testpmd on cores 0 and 1 (`main_lcore` the one that is not forwarding), without
+/// hugepages or PCI devices, with one virtual device (`vdev`, after the EAL arguments
+/// `eal_extra`) and forwarding in `mode` from the start; periodic port statistics every
+/// second (for [`latest_port_stats`]).
+pub fn testpmd(
+    bin: &Path,
+    prefix: &str,
+    main_lcore: &str,
+    eal_extra: &[&str],
+    vdev: &str,
+    mode: &str,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["-l", "0,1", "--main-lcore", main_lcore])
+        .args(["--no-huge", "-m", "256", "--no-pci"])
+        .args(eal_extra)
+        .arg(format!("--file-prefix={prefix}"))
+        .args(["--vdev", vdev, "--"])
+        .args(["--auto-start", &format!("--forward-mode={mode}")])
+        .args([
+            "--stats-period",
+            "1",
+            "--nb-cores=1",
+            "--total-num-mbufs=16384",
+        ]);
+    cmd
+}
+
+/// Stops testpmd with SIGINT and returns its final forward statistics; panics unless it
+/// exits cleanly and prints them.
+pub fn stop_testpmd(peer: &mut Peer) -> Counters {
+    let (status, clean) = match peer.interrupt(Duration::from_secs(10)) {
+        Ok(r) => r,
+        Err(e) => panic!("interrupting testpmd: {e}"),
+    };
+    let out = peer.output();
+    assert!(
+        clean && status.success(),
+        "testpmd did not exit cleanly on SIGINT ({status}):\n{out}"
+    );
+    final_forward_stats(&out)
+        .unwrap_or_else(|| panic!("no final statistics in testpmd's output:\n{out}"))
 }
 
 /// A DPDK `--file-prefix` unique to this process and tag, and the runtime directory DPDK

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tests::net::{self, Counters};
+use tests::net;
 use tests::{Peer, TempDir};
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
@@ -37,33 +37,8 @@ const RX_FRAMES: u64 = 20_000;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn testpmd(bin: &Path, sock: &Path, prefix: &str, mode: &str) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.args(["-l", "0,1", "--main-lcore", "1", "--no-huge", "-m", "256"])
-        .arg("--no-pci")
-        .arg(format!("--file-prefix={prefix}"))
-        .arg("--vdev")
-        .arg(format!("net_vhost0,iface={},queues=1", sock.display()))
-        .arg("--")
-        .args(["--auto-start", &format!("--forward-mode={mode}")])
-        .args([
-            "--stats-period",
-            "1",
-            "--nb-cores=1",
-            "--total-num-mbufs=16384",
-        ]);
-    cmd
-}
-
-/// Stops testpmd with SIGINT and returns its final forward statistics.
-fn stop(peer: &mut Peer) -> Counters {
-    let (status, clean) = peer.interrupt(Duration::from_secs(10)).unwrap();
-    let out = peer.output();
-    assert!(
-        clean && status.success(),
-        "testpmd did not exit cleanly on SIGINT ({status}):\n{out}"
-    );
-    net::final_forward_stats(&out)
-        .unwrap_or_else(|| panic!("no final statistics in testpmd's output:\n{out}"))
+    let vdev = format!("net_vhost0,iface={},queues=1", sock.display());
+    net::testpmd(bin, prefix, "1", &[], &vdev, mode)
 }
 
 /// Handshake with DPDK's vhost library and both rings started; returns the rings (RX, TX).
@@ -200,7 +175,7 @@ fn rxonly(bin: &Path, dir: &TempDir, prefix: &str, packed: bool) -> u32 {
     }
     let _ = front.get_vring_base(0).unwrap();
     drop(front);
-    let stats = stop(&mut peer);
+    let stats = net::stop_testpmd(&mut peer);
     eprintln!(
         "rxonly ({}): we sent {TX_FRAMES}, testpmd RX-packets {} (dropped {})",
         if packed { "packed" } else { "split" },
@@ -285,7 +260,7 @@ fn txonly(bin: &Path, dir: &TempDir, prefix: &str, packed: bool) -> u32 {
     }
     // testpmd fills what is still posted, then we stop it and count the rest.
     std::thread::sleep(Duration::from_millis(300));
-    let stats = stop(&mut peer);
+    let stats = net::stop_testpmd(&mut peer);
     for (id, len) in drain(&mut rx) {
         check(id, len, &addr_of);
         received += 1;

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tests::net::{self, Counters};
+use tests::net;
 use tests::{Peer, TempDir};
 use vhost_io_std::backend::{Device, Queue, Server};
 use vhost_io_std::os::eventfd::EventFd;
@@ -149,31 +149,7 @@ fn testpmd(bin: &Path, sock: &Path, prefix: &str, packed: bool, mode: &str) -> C
     if packed {
         vdev.push_str(",packed_vq=1");
     }
-    let mut cmd = Command::new(bin);
-    cmd.args(["-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "256"])
-        .args(["--no-pci", "--single-file-segments"])
-        .arg(format!("--file-prefix={prefix}"))
-        .args(["--vdev", &vdev, "--"])
-        .args(["--auto-start", &format!("--forward-mode={mode}")])
-        .args([
-            "--stats-period",
-            "1",
-            "--nb-cores=1",
-            "--total-num-mbufs=16384",
-        ]);
-    cmd
-}
-
-/// Stops testpmd with SIGINT and returns its final forward statistics.
-fn stop(peer: &mut Peer) -> Counters {
-    let (status, clean) = peer.interrupt(Duration::from_secs(10)).unwrap();
-    let out = peer.output();
-    assert!(
-        clean && status.success(),
-        "testpmd did not exit cleanly on SIGINT ({status}):\n{out}"
-    );
-    net::final_forward_stats(&out)
-        .unwrap_or_else(|| panic!("no final statistics in testpmd's output:\n{out}"))
+    net::testpmd(bin, prefix, "0", &["--single-file-segments"], &vdev, mode)
 }
 
 fn run(packed: bool) {
@@ -204,7 +180,7 @@ fn run(packed: bool) {
         peer.wait_for_output("Tx-pps", tests::PEER_START_TIMEOUT)
             .unwrap();
         std::thread::sleep(Duration::from_secs(2));
-        let stats = stop(&mut peer);
+        let stats = net::stop_testpmd(&mut peer);
         let got = dev.tx_frames.load(Ordering::Relaxed);
         eprintln!(
             "{label} txonly: testpmd TX-packets {} (dropped {}), device took {got}, {} with a bad header/length, {} while disabled",
@@ -251,7 +227,7 @@ fn run(packed: bool) {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let stats = stop(&mut peer);
+        let stats = net::stop_testpmd(&mut peer);
         let done = dev.rx_frames.load(Ordering::Acquire);
         eprintln!(
             "{label} rxonly: device completed {done}, testpmd RX-packets {} (dropped {})",
