@@ -17,83 +17,17 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+use vring::RingPosition;
 use vring::split::{DeviceQueue, DriverQueue};
-use vring::{QueueConfig, RingFeatures, RingPosition};
 
-const Q: u16 = 256;
-const DESC: u64 = 0x0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
-const TABLES: u64 = 0x10000;
-const DATA: u64 = 0x100000;
+#[path = "common/mod.rs"]
+mod common;
+use common::{CASES, DESC, DEVICE_AREA, DRIVER_AREA, Driver, Q, Shape, config, memory, refill};
 
-fn config() -> QueueConfig {
-    QueueConfig {
-        size: Q,
-        desc_table: DESC,
-        driver_area: AVAIL,
-        device_area: USED,
-        features: RingFeatures {
-            event_idx: true,
-            indirect: true,
-            in_order: false,
-        },
-    }
-}
-
-fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x400000)]).unwrap()
-}
-
-/// What a chain looks like.
-#[derive(Clone, Copy)]
-enum Shape {
-    /// One readable descriptor.
-    Direct1,
-    /// `n` direct descriptors, half readable, half writable.
-    DirectN(usize),
-    /// One ring descriptor pointing at a table of `n` elements.
-    Indirect(usize),
-}
-
-impl Shape {
-    /// Chains per refill of the ring.
-    fn per_ring(self) -> u64 {
-        match self {
-            Shape::Direct1 | Shape::Indirect(_) => u64::from(Q),
-            Shape::DirectN(n) => u64::from(Q) / n as u64,
-        }
-    }
-}
-
-/// Fills the ring with `count` chains of `shape` and publishes them.
-fn refill(drv: &mut DriverQueue<&GuestMemoryMmap>, shape: Shape, count: u64) {
-    let mut elems = Vec::new();
-    for i in 0..count {
-        let base = DATA + i * 0x1000;
-        match shape {
-            Shape::Direct1 => {
-                drv.add(&[(base, 64)], &[]).unwrap();
-            }
-            Shape::DirectN(n) | Shape::Indirect(n) => {
-                elems.clear();
-                elems.extend((0..n as u64).map(|k| (base + k * 16, 16u32)));
-                let (r, w) = elems.split_at(n / 2);
-                if let Shape::Indirect(_) = shape {
-                    drv.add_indirect(TABLES + i * 0x100, r, w).unwrap();
-                } else {
-                    drv.add(r, w).unwrap();
-                }
-            }
-        }
-    }
-    drv.publish();
-}
-
-fn drain(drv: &mut DriverQueue<&GuestMemoryMmap>) {
-    while drv.pop_used().unwrap().is_some() {}
-}
+/// virtio-queue's names for the split ring's driver and device areas.
+const AVAIL: u64 = DRIVER_AREA;
+const USED: u64 = DEVICE_AREA;
 
 /// Our device: pop, walk, push — `batch` chains completed per publish.
 fn ours(iters: u64, shape: Shape, batch: usize) -> Duration {
@@ -129,7 +63,7 @@ fn ours(iters: u64, shape: Shape, batch: usize) -> Duration {
             left -= chains.len() as u64;
         }
         total += start.elapsed();
-        drain(&mut drv);
+        drv.drain();
         done += n;
     }
     total
@@ -176,20 +110,14 @@ fn theirs(iters: u64, shape: Shape, batch: usize) -> Duration {
             left -= heads.len() as u64;
         }
         total += start.elapsed();
-        drain(&mut drv);
+        drv.drain();
         done += n;
     }
     total
 }
 
 fn bench(c: &mut Criterion) {
-    let cases: [(&str, Shape, usize); 4] = [
-        ("1-desc pop+push", Shape::Direct1, 1),
-        ("128-desc chain walk", Shape::DirectN(128), 1),
-        ("indirect 8 pop+walk+push", Shape::Indirect(8), 1),
-        ("1-desc batch 32", Shape::Direct1, 32),
-    ];
-    for (name, shape, batch) in cases {
+    for (name, shape, batch) in CASES {
         let mut g = c.benchmark_group(format!("split/{name}"));
         g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("vring", "per chain"), |b| {
