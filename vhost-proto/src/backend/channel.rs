@@ -3,10 +3,9 @@
 
 use std::collections::VecDeque;
 
+use crate::session::requests::{Requests, match_reply, reply_decode_fatal, unexpected_input};
 use crate::session::{ApiError, FatalError, Negotiated, Rule, Transmit};
-use crate::wire::{
-    BackendReply, BackendReplyDecoder, BackendReq, BackendRequest, DecodeError, Input,
-};
+use crate::wire::{BackendReply, BackendReplyDecoder, BackendReq, BackendRequest, Input};
 
 /// Identifies a request sent with [`Channel::send`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,14 +50,6 @@ pub enum ChannelEvent<H> {
     },
 }
 
-#[derive(Debug)]
-struct Queued<H> {
-    id: RequestId,
-    code: BackendReq,
-    expects_reply: bool,
-    transmit: Transmit<H>,
-}
-
 /// The back-end's side of the channel installed by SET_BACKEND_REQ_FD.
 ///
 /// Build it from the main connection's negotiation
@@ -70,11 +61,8 @@ struct Queued<H> {
 pub struct Channel<H> {
     neg: Negotiated,
     decoder: BackendReplyDecoder<H>,
-    queue: VecDeque<Queued<H>>,
-    outstanding: Option<(RequestId, BackendReq)>,
-    transmits: VecDeque<Transmit<H>>,
+    requests: Requests<(RequestId, BackendReq), H>,
     events: VecDeque<ChannelEvent<H>>,
-    next_id: u64,
     closed: bool,
 }
 
@@ -84,11 +72,8 @@ impl<H> Channel<H> {
         Channel {
             neg,
             decoder: BackendReplyDecoder::new(neg.decode_context(false)),
-            queue: VecDeque::new(),
-            outstanding: None,
-            transmits: VecDeque::new(),
+            requests: Requests::default(),
             events: VecDeque::new(),
-            next_id: 0,
             closed: false,
         }
     }
@@ -105,7 +90,7 @@ impl<H> Channel<H> {
 
     /// Whether nothing is queued or waiting for a reply.
     pub fn is_idle(&self) -> bool {
-        self.outstanding.is_none() && self.queue.is_empty()
+        self.requests.is_idle()
     }
 
     /// Checks and queues a back-end request: its feature gate, BACKEND_REQ, and
@@ -115,7 +100,7 @@ impl<H> Channel<H> {
         if self.closed {
             return Err(ApiError::Closed);
         }
-        if self.queue.len() >= MAX_QUEUED {
+        if self.requests.queued_len() >= MAX_QUEUED {
             return Err(ApiError::QueueFull);
         }
         let code = req.code();
@@ -136,33 +121,15 @@ impl<H> Channel<H> {
             .encode(need_reply, &self.neg.decode_context(false))
             .map_err(ApiError::Encode)?
             .into();
-        self.next_id += 1;
-        let id = RequestId(self.next_id);
-        self.queue.push_back(Queued {
-            id,
-            code,
-            expects_reply: lookup || need_reply,
-            transmit,
-        });
-        self.pump();
+        let id = RequestId(self.requests.next_id());
+        self.requests
+            .push((id, code), lookup || need_reply, transmit);
         Ok(id)
-    }
-
-    fn pump(&mut self) {
-        while self.outstanding.is_none() {
-            let Some(q) = self.queue.pop_front() else {
-                break;
-            };
-            self.transmits.push_back(q.transmit);
-            if q.expects_reply {
-                self.outstanding = Some((q.id, q.code));
-            }
-        }
     }
 
     /// The next message to write.
     pub fn poll_transmit(&mut self) -> Option<Transmit<H>> {
-        self.transmits.pop_front()
+        self.requests.poll_transmit()
     }
 
     /// The next completion.
@@ -173,8 +140,7 @@ impl<H> Channel<H> {
     fn fail(&mut self, e: FatalError) -> FatalError {
         if !self.closed {
             self.closed = true;
-            self.queue.clear();
-            self.outstanding = None;
+            self.requests.clear();
             self.events
                 .push_back(ChannelEvent::ChannelLost { error: e.clone() });
         }
@@ -188,29 +154,16 @@ impl<H> Channel<H> {
         }
         let mut input = Input::new(bytes, fds);
         loop {
-            if self.outstanding.is_none() && !input.is_empty() {
-                let code = input
-                    .remaining()
-                    .get(..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_ne_bytes);
-                return Err(self.fail(FatalError::UnexpectedReply {
-                    code: code.unwrap_or(0),
-                }));
+            let awaited = self.requests.outstanding();
+            if awaited.is_none() && !input.is_empty() {
+                return Err(self.fail(unexpected_input(&input)));
             }
             match self.decoder.decode(&mut input) {
                 Ok(Some(msg)) => {
-                    let Some((id, expected)) = self.outstanding else {
-                        return Err(self.fail(FatalError::UnexpectedReply {
-                            code: msg.code.raw(),
-                        }));
+                    let (id, expected) = match match_reply(awaited, |(_, c)| c, msg.code) {
+                        Ok(w) => w,
+                        Err(e) => return Err(self.fail(e)),
                     };
-                    if msg.code != expected {
-                        return Err(self.fail(FatalError::ReplyCodeMismatch {
-                            expected: expected.into(),
-                            got: msg.code.into(),
-                        }));
-                    }
                     let ev = match msg.message {
                         BackendReply::SharedObjectLookup { value, fd } => {
                             ChannelEvent::SharedObject { id, value, fd }
@@ -226,17 +179,11 @@ impl<H> Channel<H> {
                         },
                     };
                     self.events.push_back(ev);
-                    self.outstanding = None;
-                    self.pump();
+                    self.requests.complete();
+                    self.requests.pump();
                 }
                 Ok(None) => return Ok(()),
-                Err(e) => {
-                    let e = match e {
-                        DecodeError::UnknownReply { code } => FatalError::UnexpectedReply { code },
-                        e => FatalError::Decode(e),
-                    };
-                    return Err(self.fail(e));
-                }
+                Err(e) => return Err(self.fail(reply_decode_fatal(e))),
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use crate::session::requests::{Requests, match_reply, reply_decode_fatal, unexpected_input};
 use crate::session::{
     ApiError, FatalError, MAX_BUFFERED_INPUT, Negotiated, Rule, Transmit, has_reply_body,
 };
@@ -25,15 +26,7 @@ enum Expect {
     Body,
 }
 
-#[derive(Debug)]
-struct Queued<H> {
-    id: RequestId,
-    code: FrontendReq,
-    expect: Expect,
-    detail: Detail,
-    transmit: Transmit<H>,
-}
-
+/// A sent request until it completes.
 #[derive(Clone, Copy, Debug)]
 struct Outstanding {
     id: RequestId,
@@ -76,11 +69,8 @@ pub struct Connection<H> {
     postcopy_advised: bool,
     memory_ack_due: bool,
     decoder: FrontendReplyDecoder<H>,
-    queue: VecDeque<Queued<H>>,
-    outstanding: Option<Outstanding>,
-    transmits: VecDeque<Transmit<H>>,
+    requests: Requests<Outstanding, H>,
     events: VecDeque<Event<H>>,
-    next_id: u64,
     closed: bool,
 }
 
@@ -103,11 +93,8 @@ impl<H> Connection<H> {
             postcopy_advised: false,
             memory_ack_due: false,
             decoder: FrontendReplyDecoder::new(Default::default()),
-            queue: VecDeque::new(),
-            outstanding: None,
-            transmits: VecDeque::new(),
+            requests: Requests::default(),
             events: VecDeque::new(),
-            next_id: 0,
             closed: false,
         }
     }
@@ -134,7 +121,7 @@ impl<H> Connection<H> {
 
     /// Whether nothing is queued or waiting for a reply.
     pub fn is_idle(&self) -> bool {
-        self.outstanding.is_none() && self.queue.is_empty()
+        self.requests.is_idle()
     }
 
     /// Whether the connection failed fatally.
@@ -153,7 +140,7 @@ impl<H> Connection<H> {
         if self.closed {
             return Err(ApiError::Closed);
         }
-        if self.queue.len() >= MAX_QUEUED_REQUESTS {
+        if self.requests.queued_len() >= MAX_QUEUED_REQUESTS {
             return Err(ApiError::QueueFull);
         }
         let code = req.code();
@@ -168,8 +155,11 @@ impl<H> Connection<H> {
         let switching =
             |c: FrontendReq| matches!(c, FrontendReq::PostcopyListen | FrontendReq::PostcopyEnd);
         if memory
-            && (self.outstanding.is_some_and(|o| switching(o.code))
-                || self.queue.iter().any(|q| switching(q.code)))
+            && (self
+                .requests
+                .outstanding()
+                .is_some_and(|o| switching(o.code))
+                || self.requests.queued().any(|q| switching(q.code)))
         {
             return Err(not(Rule::PostcopyOrder {
                 state: "a postcopy switch is in flight",
@@ -243,42 +233,38 @@ impl<H> Connection<H> {
             .encode(need_reply, &ctx)
             .map_err(ApiError::Encode)?
             .into();
-        self.next_id += 1;
-        let id = RequestId(self.next_id);
-        self.queue.push_back(Queued {
+        let id = RequestId(self.requests.next_id());
+        let sent = Outstanding {
             id,
             code,
             expect,
             detail,
-            transmit,
-        });
-        self.pump();
+        };
+        if self
+            .requests
+            .push(sent, expect != Expect::Nothing, transmit)
+        {
+            self.reply_awaited();
+        }
         Ok(id)
     }
 
     /// Moves queued requests to the transmit queue while no reply is awaited.
     fn pump(&mut self) {
-        while self.outstanding.is_none() {
-            let Some(q) = self.queue.pop_front() else {
-                break;
-            };
-            self.transmits.push_back(q.transmit);
-            if q.expect != Expect::Nothing {
-                self.outstanding = Some(Outstanding {
-                    id: q.id,
-                    code: q.code,
-                    expect: q.expect,
-                    detail: q.detail,
-                });
-                let ctx = self.neg.decode_context(self.postcopy);
-                self.decoder.set_context(ctx);
-            }
+        if self.requests.pump() {
+            self.reply_awaited();
         }
+    }
+
+    /// A request now awaits its reply: decode replies in the negotiation as it stands.
+    fn reply_awaited(&mut self) {
+        let ctx = self.neg.decode_context(self.postcopy);
+        self.decoder.set_context(ctx);
     }
 
     /// The next message to write (one `sendmsg` each, in order).
     pub fn poll_transmit(&mut self) -> Option<Transmit<H>> {
-        self.transmits.pop_front()
+        self.requests.poll_transmit()
     }
 
     /// The next completion.
@@ -289,8 +275,7 @@ impl<H> Connection<H> {
     fn fail(&mut self, e: FatalError) -> FatalError {
         if !self.closed {
             self.closed = true;
-            self.queue.clear();
-            self.outstanding = None;
+            self.requests.clear();
             self.events
                 .push_back(Event::ConnectionLost { error: e.clone() });
         }
@@ -305,16 +290,8 @@ impl<H> Connection<H> {
         }
         let mut input = Input::new(bytes, fds);
         loop {
-            if self.outstanding.is_none() && !input.is_empty() {
-                // Nothing may arrive now; decode only the header's code for the error.
-                let code = input
-                    .remaining()
-                    .get(..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_ne_bytes);
-                return Err(self.fail(FatalError::UnexpectedReply {
-                    code: code.unwrap_or(0),
-                }));
+            if self.requests.outstanding().is_none() && !input.is_empty() {
+                return Err(self.fail(unexpected_input(&input)));
             }
             match self.decoder.decode(&mut input) {
                 Ok(Some(msg)) => self.on_reply(msg.code, msg.message)?,
@@ -326,10 +303,11 @@ impl<H> Connection<H> {
                     if self.postcopy
                         && request == FrontendReq::SetMemTable.into()
                         && self
-                            .outstanding
+                            .requests
+                            .outstanding()
                             .is_some_and(|o| o.code == FrontendReq::SetMemTable) =>
                 {
-                    if let Some(o) = self.outstanding.take() {
+                    if let Some(o) = self.requests.complete() {
                         self.events.push_back(Event::Nacked {
                             id: o.id,
                             request: o.code,
@@ -338,27 +316,16 @@ impl<H> Connection<H> {
                     }
                     self.pump();
                 }
-                Err(e) => {
-                    let e = match e {
-                        DecodeError::UnknownReply { code } => FatalError::UnexpectedReply { code },
-                        e => FatalError::Decode(e),
-                    };
-                    return Err(self.fail(e));
-                }
+                Err(e) => return Err(self.fail(reply_decode_fatal(e))),
             }
         }
     }
 
     fn on_reply(&mut self, code: FrontendReq, reply: FrontendReply<H>) -> Result<(), FatalError> {
-        let Some(o) = self.outstanding else {
-            return Err(self.fail(FatalError::UnexpectedReply { code: code.raw() }));
+        let o = match match_reply(self.requests.outstanding(), |o| o.code, code) {
+            Ok(o) => o,
+            Err(e) => return Err(self.fail(e)),
         };
-        if code != o.code {
-            return Err(self.fail(FatalError::ReplyCodeMismatch {
-                expected: o.code.into(),
-                got: code.into(),
-            }));
-        }
         let event = match (o.expect, reply) {
             (Expect::Ack, FrontendReply::U64 { value: 0 }) => {
                 if code == FrontendReq::PostcopyListen {
@@ -393,7 +360,7 @@ impl<H> Connection<H> {
             }
         };
         self.events.push_back(event);
-        self.outstanding = None;
+        self.requests.complete();
         self.pump();
         Ok(())
     }

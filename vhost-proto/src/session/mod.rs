@@ -11,6 +11,7 @@
 mod error;
 pub(crate) mod inbox;
 mod negotiation;
+pub(crate) mod requests;
 mod ring;
 pub(crate) mod ticket;
 mod transmit;
