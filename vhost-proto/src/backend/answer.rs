@@ -22,12 +22,18 @@ impl<H> Connection<H> {
             self.push_raw_u64(w.code.raw(), u64::from(result.is_err()));
         }
         if let Err(r) = result {
-            self.push_rejection(Rejection::frontend(
-                w.code,
-                Rule::Refused { reason: r.reason },
-                replied,
-            ));
+            self.log_refusal(w.code, r, replied);
         }
+    }
+
+    /// Logs the device's refusal of request `code`; `replied`: the front-end was told (a
+    /// NACK or the request's failure reply).
+    fn log_refusal(&mut self, code: FrontendReq, r: Refused, replied: bool) {
+        self.push_rejection(Rejection::frontend(
+            code,
+            Rule::Refused { reason: r.reason },
+            replied,
+        ));
     }
 
     fn wrong_token(&mut self, w: Waiting) -> ApiError {
@@ -38,6 +44,17 @@ impl<H> Connection<H> {
 
     fn after_answer(&mut self) {
         let _ = self.resume();
+    }
+
+    /// Sends the waiting request's reply and resumes.
+    fn reply_and_resume(
+        &mut self,
+        code: FrontendReq,
+        reply: FrontendReply<H>,
+    ) -> Result<(), ApiError> {
+        let _ = self.reply(code, reply);
+        self.after_answer();
+        Ok(())
     }
 
     /// Answers an [`AckToken`]: `Ok(())` when the device did what the event asked.
@@ -122,11 +139,7 @@ impl<H> Connection<H> {
             }
             Err(r) => {
                 self.push_raw_u64(w.code.raw(), 1);
-                self.push_rejection(Rejection::frontend(
-                    w.code,
-                    Rule::Refused { reason: r.reason },
-                    true,
-                ));
+                self.log_refusal(w.code, r, true);
                 self.after_answer();
                 return Ok(());
             }
@@ -151,9 +164,7 @@ impl<H> Connection<H> {
             _ => return Ok(()),
         };
         self.postcopy_ack_pending = true;
-        let _ = self.reply(w.code, reply);
-        self.after_answer();
-        Ok(())
+        self.reply_and_resume(w.code, reply)
     }
 
     /// Answers a [`RingStopToken`] with the position the ring stopped at (the next
@@ -171,15 +182,13 @@ impl<H> Connection<H> {
         if let Some(r) = self.rings.get_mut(usize::from(index)) {
             r.base = base;
         }
-        let _ = self.reply(
+        self.reply_and_resume(
             FrontendReq::GetVringBase,
             FrontendReply::VringBase {
                 index: index.into(),
                 base,
             },
-        );
-        self.after_answer();
-        Ok(())
+        )
     }
 
     /// Answers a [`ConfigToken`] with exactly the requested bytes, or refuses (the reply is
@@ -217,11 +226,7 @@ impl<H> Connection<H> {
             }
             Err(r) => {
                 let _ = self.reply(w.code, FrontendReply::Empty);
-                self.push_rejection(Rejection::frontend(
-                    w.code,
-                    Rule::Refused { reason: r.reason },
-                    true,
-                ));
+                self.log_refusal(w.code, r, true);
             }
         }
         self.after_answer();
@@ -245,11 +250,7 @@ impl<H> Connection<H> {
                 return Err(ApiError::BadAnswer("a session id is non-negative"));
             }
             Err(r) => {
-                self.push_rejection(Rejection::frontend(
-                    w.code,
-                    Rule::Refused { reason: r.reason },
-                    true,
-                ));
+                self.log_refusal(w.code, r, true);
                 -1
             }
         };
@@ -257,14 +258,12 @@ impl<H> Connection<H> {
         if let Some(dst) = bytes.get_mut(1064..1072) {
             dst.copy_from_slice(&id.to_ne_bytes());
         }
-        let _ = self.reply(
+        self.reply_and_resume(
             w.code,
             FrontendReply::CryptoSession {
                 session: Box::new(CryptoSession(bytes)),
             },
-        );
-        self.after_answer();
-        Ok(())
+        )
     }
 
     /// Answers a [`PostcopyAdviseToken`] with the userfaultfd.
@@ -284,11 +283,7 @@ impl<H> Connection<H> {
             }
             Err(r) => {
                 let _ = self.failure_reply(w.code);
-                self.push_rejection(Rejection::frontend(
-                    w.code,
-                    Rule::Refused { reason: r.reason },
-                    true,
-                ));
+                self.log_refusal(w.code, r, true);
             }
         }
         self.after_answer();
@@ -321,11 +316,7 @@ impl<H> Connection<H> {
                 fd: Some(fd),
             },
             Err(r) => {
-                self.push_rejection(Rejection::frontend(
-                    w.code,
-                    Rule::Refused { reason: r.reason },
-                    true,
-                ));
+                self.log_refusal(w.code, r, true);
                 FrontendReply::InflightFd {
                     desc: InflightDesc {
                         num_queues,
@@ -336,9 +327,7 @@ impl<H> Connection<H> {
                 }
             }
         };
-        let _ = self.reply(w.code, reply);
-        self.after_answer();
-        Ok(())
+        self.reply_and_resume(w.code, reply)
     }
 
     /// Answers a [`SharedObjectToken`] with the object's dma-buf fd.
@@ -354,23 +343,17 @@ impl<H> Connection<H> {
         let fd = match result {
             Ok(fd) => Some(fd),
             Err(r) => {
-                self.push_rejection(Rejection::frontend(
-                    w.code,
-                    Rule::Refused { reason: r.reason },
-                    true,
-                ));
+                self.log_refusal(w.code, r, true);
                 None
             }
         };
-        let _ = self.reply(
+        self.reply_and_resume(
             w.code,
             FrontendReply::SharedObject {
                 uuid: None::<Uuid>,
                 fd,
             },
-        );
-        self.after_answer();
-        Ok(())
+        )
     }
 
     /// Answers a [`DeviceStateToken`]: `Ok(Some(fd))` to offer the device's own channel
@@ -390,20 +373,14 @@ impl<H> Connection<H> {
                 FrontendReply::DeviceStateFd { status: 0, fd }
             }
             Err(r) => {
-                self.push_rejection(Rejection::frontend(
-                    w.code,
-                    Rule::Refused { reason: r.reason },
-                    true,
-                ));
+                self.log_refusal(w.code, r, true);
                 FrontendReply::DeviceStateFd {
                     status: 1,
                     fd: None,
                 }
             }
         };
-        let _ = self.reply(w.code, reply);
-        self.after_answer();
-        Ok(())
+        self.reply_and_resume(w.code, reply)
     }
 
     /// Refuses whatever `event` asks, for events a device does not handle: every token is

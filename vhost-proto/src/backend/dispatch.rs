@@ -132,12 +132,7 @@ impl<H> Connection<H> {
     ) -> Result<(), Outcome> {
         use FrontendRequest as Q;
         match req {
-            Q::GetFeatures => self.reply(
-                code,
-                FrontendReply::U64 {
-                    value: self.desc.features.bits(),
-                },
-            )?,
+            Q::GetFeatures => self.reply_u64(code, self.desc.features.bits())?,
             Q::SetFeatures { features } => {
                 self.neg.check_features(features)?;
                 self.neg.features = features;
@@ -317,12 +312,7 @@ impl<H> Connection<H> {
                 });
                 self.done(code, need);
             }
-            Q::GetProtocolFeatures => self.reply(
-                code,
-                FrontendReply::U64 {
-                    value: self.desc.protocol_features.bits(),
-                },
-            )?,
+            Q::GetProtocolFeatures => self.reply_u64(code, self.desc.protocol_features.bits())?,
             Q::SetProtocolFeatures { features } => {
                 self.neg.check_protocol_features(features)?;
                 self.neg.protocol = features;
@@ -330,12 +320,7 @@ impl<H> Connection<H> {
                     .push_back(Event::ProtocolFeaturesSet { features });
                 self.done(code, need);
             }
-            Q::GetQueueNum => self.reply(
-                code,
-                FrontendReply::U64 {
-                    value: self.desc.queues.into(),
-                },
-            )?,
+            Q::GetQueueNum => self.reply_u64(code, self.desc.queues.into())?,
             Q::SetVringEnable { index, enable } => {
                 let i = self.ring_index(index)?;
                 if let Some(r) = self.rings.get_mut(usize::from(i)) {
@@ -511,12 +496,7 @@ impl<H> Connection<H> {
                 }
                 self.done(code, need);
             }
-            Q::GetMaxMemSlots => self.reply(
-                code,
-                FrontendReply::U64 {
-                    value: self.desc.max_mem_slots.into(),
-                },
-            )?,
+            Q::GetMaxMemSlots => self.reply_u64(code, self.desc.max_mem_slots.into())?,
             Q::AddMemReg { region } => {
                 self.memory.check_add(
                     &region.region,
@@ -550,12 +530,7 @@ impl<H> Connection<H> {
                 let answer = self.ack_token(code, need, false, AfterAck::Status(status));
                 self.events.push_back(Event::Status { status, answer });
             }
-            Q::GetStatus => self.reply(
-                code,
-                FrontendReply::U64 {
-                    value: self.status.bits().into(),
-                },
-            )?,
+            Q::GetStatus => self.reply_u64(code, self.status.bits().into())?,
             Q::GetSharedObject { uuid } => {
                 let answer = SharedObjectToken {
                     ticket: self.issue(code, need, WaitKind::SharedObject),
@@ -601,6 +576,11 @@ impl<H> Connection<H> {
     }
 
     /// GPA_ADDRESSES without IOMMU_PLATFORM: region user addresses must equal guest ones.
+    /// Replies to a request whose answer is one u64 (the GET_* requests).
+    fn reply_u64(&mut self, code: FrontendReq, value: u64) -> Result<(), FatalError> {
+        self.reply(code, FrontendReply::U64 { value })
+    }
+
     fn gpa_regions(&self) -> bool {
         self.neg.has(ProtocolFeatures::GPA_ADDRESSES)
             && !self.neg.features.contains(VirtioFeatures::ACCESS_PLATFORM)
