@@ -37,13 +37,8 @@ scenarios::echo_scenarios!(ServerHandle);
 fn stop_and_resume(packed: bool) {
     scenarios::stop_and_resume::<ServerHandle>(packed, |front, ring, ram, base| {
         // Stopped: a buffer added now is served only after the restart.
-        let id = ring.add(&[(BUFS, 4)], &[(BUFS + 64, 4)]).unwrap();
-        ring.kick().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert_eq!(ring.pop_used().unwrap(), None);
-        ring.restart(front, base).unwrap();
-        assert_eq!(ring.collect(1, TIMEOUT).unwrap().len(), 1);
-        let _ = id;
+        let (_, used) = scenarios::add_while_stopped_then_restart(front, ring, base);
+        assert_eq!(used.len(), 1);
         echo_through(ring, ram, 3, 16, 9);
     });
 }

@@ -55,13 +55,7 @@ fn echo_through_after_restart(
         .unwrap()
         .write_at(0, b"late")
         .unwrap();
-    let id = ring.add(&[(BUFS, 4)], &[(BUFS + 64, 4)]).unwrap();
-    ring.kick().unwrap();
-    // Nothing comes back while the ring is stopped.
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    assert_eq!(ring.pop_used().unwrap(), None);
-    ring.restart(front, base).unwrap();
-    let used = ring.collect(1, TIMEOUT).unwrap();
+    let (id, used) = scenarios::add_while_stopped_then_restart(front, ring, base);
     assert_eq!(used, vec![(id, 4)]);
     let mut back = [0u8; 4];
     GuestSlice::new(mem, BUFS + 64, 4)

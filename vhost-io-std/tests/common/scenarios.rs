@@ -153,6 +153,23 @@ pub fn stop_and_resume<B: EchoBackend>(
     server.finish();
 }
 
+/// For a `stop_and_resume` hook: a buffer (`BUFS` -> `BUFS + 64`, 4 bytes) added and
+/// kicked while the ring is stopped is not served; the ring restarted from `base`, it
+/// is. Returns its id and what the ring then used.
+pub fn add_while_stopped_then_restart(
+    front: &mut Frontend,
+    ring: &mut DriverRing,
+    base: VringBase,
+) -> (u16, Vec<(u16, u32)>) {
+    let id = ring.add(&[(BUFS, 4)], &[(BUFS + 64, 4)]).unwrap();
+    ring.kick().unwrap();
+    // Nothing comes back while the ring is stopped.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(ring.pop_used().unwrap(), None);
+    ring.restart(front, base).unwrap();
+    (id, ring.collect(1, TIMEOUT).unwrap())
+}
+
 /// Ring 0 keeps running while a second region is added (`with_extra` then runs with the
 /// ring and both memories), removed, removed again (refused) and while a whole new table
 /// is set.
