@@ -24,6 +24,7 @@
 pub mod packed;
 pub mod split;
 
+use std::ops::Range;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use crate::Error;
@@ -134,6 +135,17 @@ fn open_region(
         return Err(bad("region shorter than desc_num entries"));
     }
     Ok(n)
+}
+
+/// The counter the next pop records, for a region opened for recovery: one past the
+/// highest counter of an entry in flight (`counter_in_flight`: `None` for an entry not in
+/// flight), 0 when none is.
+fn next_counter(entries: Range<u16>, counter_in_flight: impl Fn(u16) -> Option<u64>) -> u64 {
+    entries
+        .filter_map(counter_in_flight)
+        .map(|c| c.saturating_add(1))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Simulated process death for crash-consistency tests: every store of a

@@ -35,7 +35,7 @@
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-use super::{CrashPoint, DESC_NUM, VERSION, bad, open_region};
+use super::{CrashPoint, DESC_NUM, VERSION, bad, next_counter, open_region};
 use crate::Error;
 use crate::memory::SharedRegion;
 use crate::packed::layout::{Areas, DESC_FLAGS, Pos, RawDesc, avail_bits, is_avail, slot_offset};
@@ -130,11 +130,9 @@ impl PackedInflight {
             counter: 0,
             crash: CrashPoint::default(),
         };
-        this.counter = (0..desc_num)
-            .filter(|&i| this.is_inflight(i))
-            .map(|i| this.counter_of(i).saturating_add(1))
-            .max()
-            .unwrap_or(0);
+        this.counter = next_counter(0..desc_num, |i| {
+            this.is_inflight(i).then(|| this.counter_of(i))
+        });
         Ok(this)
     }
 

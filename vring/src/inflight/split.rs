@@ -24,7 +24,7 @@
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-use super::{CrashPoint, DESC_NUM, VERSION, bad, open_region};
+use super::{CrashPoint, DESC_NUM, VERSION, bad, next_counter, open_region};
 use crate::Error;
 use crate::memory::SharedRegion;
 
@@ -71,12 +71,9 @@ impl SplitInflight {
             counter: 0,
             crash: CrashPoint::default(),
         };
-        this.counter = this
-            .entries()
-            .filter(|&i| this.is_inflight(i))
-            .map(|i| this.counter_of(i).saturating_add(1))
-            .max()
-            .unwrap_or(0);
+        this.counter = next_counter(this.entries(), |i| {
+            this.is_inflight(i).then(|| this.counter_of(i))
+        });
         Ok(this)
     }
 
