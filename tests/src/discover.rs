@@ -67,7 +67,7 @@ pub fn find_peer(name: &str) -> Option<PathBuf> {
 
 /// Finds peer `name` for test `test`. When it is missing: panics with a clear message if
 /// [`peers_required`], else prints `SKIPPED: <test>: <name> not found (<hint>)` to stderr
-/// and returns `None` (the caller returns early). See also [`require_peer!`](crate::require_peer).
+/// and returns `None` (the caller returns early). See also [`require_peer!`](macro@crate::require_peer).
 pub fn require_peer(test: &str, name: &str) -> Option<PathBuf> {
     if let Some(p) = find_peer(name) {
         return Some(p);

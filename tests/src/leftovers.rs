@@ -57,7 +57,7 @@ pub fn sockets_in(dir: &Path) -> Vec<PathBuf> {
 /// were dropped.
 ///
 /// Killed processes other than our own children are reaped by init, so this allows them
-/// [`SETTLE`] to disappear before failing.
+/// a few seconds to disappear before failing.
 pub fn assert_peers_gone(pids: &[u32]) {
     let deadline = Instant::now() + SETTLE;
     while pids

@@ -173,7 +173,7 @@ pub fn stop_testpmd(peer: &mut Peer) -> Counters {
 /// A DPDK `--file-prefix` unique to this process and tag, and the runtime directory DPDK
 /// makes for it (`/var/run/dpdk/<prefix>` as root, else under `$XDG_RUNTIME_DIR`), which is
 /// outside the test's temp dir: removed when the guard drops (declare it before the testpmd
-/// [`Peer`](crate::Peer)s, so that they are gone first).
+/// [`Peer`]s, so that they are gone first).
 #[derive(Debug)]
 pub struct DpdkPrefix {
     prefix: String,
