@@ -60,8 +60,7 @@ fn memory_regions_added_and_removed_while_running() {
 
 #[test]
 fn frontends_that_vanish_mid_io_leave_the_others_served() {
-    let dir = std::env::temp_dir().join(format!("vhost-mio-reconnect-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TestDir::new(&format!("vhost-mio-reconnect-{}", std::process::id()));
     let path = dir.join("echo.sock");
     let server = Server::new(Echo::new(2))
         .unwrap()
@@ -81,7 +80,7 @@ fn frontends_that_vanish_mid_io_leave_the_others_served() {
     drop(steady);
     server.stop().unwrap();
     assert!(!path.exists());
-    std::fs::remove_dir(&dir).unwrap();
+    std::fs::remove_dir(dir.path()).unwrap();
 }
 
 /// A receive-only device: packets come from elsewhere and wake the queue through its

@@ -102,13 +102,12 @@ fn memory_regions_added_and_removed_while_running() {
 fn a_frontend_that_disconnects_mid_io_is_followed_by_a_new_session() {
     use vhost_io_std::backend::Server;
     use vhost_io_std::echo::Echo;
-    let dir = std::env::temp_dir().join(format!("vhost-std-reconnect-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TestDir::new(&format!("vhost-std-reconnect-{}", std::process::id()));
     let path = dir.join("echo.sock");
     let server = Server::bind(&path, Echo::new(2)).unwrap().spawn().unwrap();
     for round in 0..3u8 {
         scenarios::session_that_vanishes_mid_io(&path, round);
     }
     server.stop().unwrap();
-    std::fs::remove_dir(&dir).unwrap();
+    std::fs::remove_dir(dir.path()).unwrap();
 }

@@ -12,8 +12,7 @@ use vhost_io_std::frontend::{Frontend, GuestRam};
 
 #[test]
 fn ten_thousand_sessions_leak_no_fd() {
-    let dir = std::env::temp_dir().join(format!("vhost-std-cycles-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TestDir::new(&format!("vhost-std-cycles-{}", std::process::id()));
     let path = dir.join("echo.sock");
     let before = open_fds();
     let server = Server::bind(&path, Echo::new(2)).unwrap().spawn().unwrap();
@@ -33,7 +32,7 @@ fn ten_thousand_sessions_leak_no_fd() {
     let elapsed = start.elapsed();
     server.stop().unwrap();
     assert!(!path.exists(), "the server removes its socket");
-    std::fs::remove_dir(&dir).unwrap();
+    std::fs::remove_dir(dir.path()).unwrap();
     assert_eq!(open_fds(), before, "open fds after 10,000 sessions");
     eprintln!("10,000 sessions in {elapsed:?}");
 }

@@ -169,11 +169,10 @@ fn answer(ram: &GuestRam, k: u8) -> u8 {
 }
 
 fn recover(packed: bool, then_more: bool) {
-    let dir = std::env::temp_dir().join(format!(
+    let dir = TestDir::new(&format!(
         "vhost-std-inflight-{}-{packed}-{then_more}",
         std::process::id()
     ));
-    std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("backend.sock");
     let _ = std::fs::remove_file(&path);
     let mut child = spawn_child(&path);
@@ -293,7 +292,7 @@ fn recover(packed: bool, then_more: bool) {
     server.join().unwrap();
     drop(child);
     let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(dir.path());
 }
 
 #[test]

@@ -74,8 +74,7 @@ fn reply_ack_session(path: &Path) -> UnixStream {
 
 #[test]
 fn malformed_messages_close_or_nack_one_connection_and_leak_nothing() {
-    let dir = std::env::temp_dir().join(format!("vhost-std-malformed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TestDir::new(&format!("vhost-std-malformed-{}", std::process::id()));
     let path = dir.join("echo.sock");
     let before = open_fds();
     let server = Server::bind(&path, Echo::new(1)).unwrap().spawn().unwrap();
@@ -164,6 +163,6 @@ fn malformed_messages_close_or_nack_one_connection_and_leak_nothing() {
 
     still_serving(&path);
     server.stop().unwrap();
-    std::fs::remove_dir(&dir).unwrap();
+    std::fs::remove_dir(dir.path()).unwrap();
     assert_eq!(open_fds(), before, "open fds after the malformed sessions");
 }

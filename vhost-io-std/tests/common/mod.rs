@@ -11,6 +11,33 @@ use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A fresh directory under the system temp dir for a test's sockets, removed
+/// with whatever is left in it when the guard drops — also when the test
+/// fails half-way, so no socket file is left behind.
+pub struct TestDir(std::path::PathBuf);
+
+impl TestDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn join(&self, file: &str) -> std::path::PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Guest RAM layout of the tests: rings from 0, buffers from BUFS.
 pub const RAM: u64 = 4 << 20;
 pub const BUFS: u64 = 1 << 20;
