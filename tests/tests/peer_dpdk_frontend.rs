@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use tests::net;
 use tests::{Peer, TempDir};
-use vhost_io_std::backend::{Device, Queue, Server};
-use vhost_io_std::os::eventfd::EventFd;
+use vhost_backend::os::eventfd::EventFd;
+use vhost_backend::{Device, Queue};
+use vhost_io_std::backend::Server;
 use vhost_proto::backend::DeviceDescription;
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 

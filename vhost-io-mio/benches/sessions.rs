@@ -17,8 +17,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{TIMEOUT, handshake, ring_features};
+use vhost_backend::echo::Echo;
 use vhost_io_mio::Server;
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vring::memory::GuestSlice;
 
@@ -217,11 +217,11 @@ fn std_binding() -> Figures {
 /// One echo device shared by every std server (each takes its device by value).
 struct SharedEcho(Arc<Echo>);
 
-impl vhost_io_std::backend::Device for SharedEcho {
+impl vhost_backend::Device for SharedEcho {
     fn description(&self) -> vhost_proto::backend::DeviceDescription {
         self.0.description()
     }
-    fn process_queue(&self, q: &mut vhost_io_std::backend::Queue) -> Result<(), vring::Error> {
+    fn process_queue(&self, q: &mut vhost_backend::Queue) -> Result<(), vring::Error> {
         self.0.process_queue(q)
     }
 }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use mio::unix::pipe;
 use mio::{Events, Interest, Poll, Token};
+use vhost_backend::echo::Echo;
 use vhost_io_mio::{Listener, Session, Status};
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 use vring::memory::GuestSlice;

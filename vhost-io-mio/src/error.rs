@@ -26,7 +26,7 @@ pub enum Error {
     NotRegistered,
     /// Binding a socket path failed (a live server is there, or the path is not a socket).
     #[error(transparent)]
-    Bind(#[from] vhost_io_std::ServeError),
+    Bind(#[from] vhost_backend::BindError),
 }
 
 impl Error {

@@ -5,27 +5,25 @@
 //!   **your** `Poll` under **your** token; call [`Session::ready`] for each event with that
 //!   token. It reads until `WouldBlock`, writes replies as the socket accepts them (fds with
 //!   the first byte, partial writes resumed on the writable edge), answers the protocol
-//!   core's events with the [`Device`](vhost_io_std::backend::Device) of the std binding
-//!   (the same trait: every device runs on both bindings), and processes kicked rings
+//!   core's events with a [`Device`](vhost_backend::Device) of `vhost-backend`
+//!   (the same trait the std runner serves: every device runs on both), and processes kicked rings
 //!   inline: the kick fds of its started rings are registered under the session's token.
 //! - [`Listener`]: a listening socket as a source; accepts connections as sessions.
 //! - [`Server`]: a ready-made loop for users without one: a listener and/or sockets handed
 //!   over with [`Handle::add`], any number of sessions in one thread.
 //!
 //! Devices run in the loop's thread: `process_queue` and the other
-//! [`Device`](vhost_io_std::backend::Device) callbacks must not block (a device with slow
+//! [`Device`](vhost_backend::Device) callbacks must not block (a device with slow
 //! work hands it to threads of its own and wakes its queue with
-//! [`Device::queue_wakeup`](vhost_io_std::backend::Device::queue_wakeup)). A device that
+//! [`Device::queue_wakeup`](vhost_backend::Device::queue_wakeup)). A device that
 //! panics in `process_queue` breaks only that ring (its err fd is signalled), as a
 //! panicking worker thread does in the std binding. A session never buffers much: reads
 //! go through a buffer on the stack, input and output are bounded by the protocol core's
 //! queues, and a front-end that reads no reply stops being read.
 //!
-//! The OS helpers (`sendmsg`/`recvmsg` with fds, eventfds, memory mapping), the framing
-//! tracker that attributes a read's fds to the right message and the queue type are the
-//! std binding's, reused; so is the handling of the protocol core's events
-//! ([`vhost_io_std::backend::state`]: device calls, memory maps, queue builds, inflight
-//! buffers, the drain loop with its lost-wakeup re-check). This crate adds the
+//! The device contract, the handling of the protocol core's events (device calls, memory
+//! maps, queue builds, inflight buffers, the drain loop with its lost-wakeup re-check) and
+//! the OS helpers are `vhost-backend`'s, shared with the std runner; this crate adds the
 //! non-blocking socket IO and runs the queues inline instead of on worker threads.
 //!
 //! Embedding next to a source of your own:
@@ -34,7 +32,7 @@
 //! use std::sync::Arc;
 //! use mio::{Events, Interest, Poll, Token};
 //! use vhost_io_mio::{Listener, Session, Status};
-//! use vhost_io_std::echo::Echo;
+//! use vhost_backend::echo::Echo;
 //!
 //! let mut poll = Poll::new()?;
 //! let mut listener = Listener::bind("/tmp/echo.sock")?;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
-use vhost_io_std::backend::{Device, remove_stale_socket};
+use vhost_backend::Device;
+use vhost_backend::os::socket::remove_stale_socket;
 
 use crate::{Error, Session};
 

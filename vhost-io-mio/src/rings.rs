@@ -6,9 +6,9 @@ use std::os::fd::AsRawFd;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use vhost_io_std::backend::state::{Drained, Notifier, Rings, SessionState, drain};
-use vhost_io_std::backend::{Device, Queue};
-use vhost_io_std::os::eventfd::EventFd;
+use vhost_backend::os::eventfd::EventFd;
+use vhost_backend::state::{Drained, Notifier, Rings, SessionState, drain};
+use vhost_backend::{Device, Queue};
 
 /// Rounds of `process_queue` per ring and wakeup before the ring yields to the other
 /// sessions (it kicks itself to come back: no lost wakeup, no starvation).
@@ -299,10 +299,6 @@ impl<D: Device + ?Sized> Rings<D> for Inline<'_> {
 
     fn ring_kicked(&mut self, state: &SessionState<D>, index: u16) {
         self.process(state.device().as_ref(), usize::from(index));
-    }
-
-    fn backend_channel(&mut self, state: &SessionState<D>, socket: std::os::unix::net::UnixStream) {
-        state.device().backend_channel(socket);
     }
 }
 

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token, Waker};
-use vhost_io_std::backend::Device;
+use vhost_backend::Device;
 
 use crate::session::Status;
 use crate::{Error, Listener, Session};
@@ -45,7 +45,7 @@ struct Shared {
 /// ```
 /// use std::os::unix::net::UnixStream;
 /// use vhost_io_mio::Server;
-/// use vhost_io_std::echo::Echo;
+/// use vhost_backend::echo::Echo;
 /// use vhost_io_std::frontend::Frontend;
 /// use vhost_proto::wire::VirtioFeatures;
 ///

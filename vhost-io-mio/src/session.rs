@@ -8,9 +8,9 @@ use std::sync::Arc;
 use mio::net::UnixStream;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use vhost_io_std::backend::state::SessionState;
-use vhost_io_std::backend::{Device, Framer};
-use vhost_io_std::os::socket::{recv_with_fds, send_with_fds};
+use vhost_backend::os::socket::{recv_with_fds, send_with_fds};
+use vhost_backend::state::SessionState;
+use vhost_backend::{Device, Framer};
 use vhost_proto::backend::{Connection, Event, Transmit};
 
 use crate::Error;
@@ -328,12 +328,11 @@ impl<D: Device + ?Sized> Session<D> {
         }
         self.closed = true;
         let mut rings = Inline::new(&mut self.rings, registry, self.token);
-        self.state.stop_all(&mut rings);
+        self.state.shutdown(&mut rings);
         if let (Some(r), Some(_)) = (registry, self.token.take()) {
             let _ = r.deregister(&mut self.stream);
         }
         self.out = None;
-        self.state.device().disconnected();
     }
 }
 

@@ -10,10 +10,10 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use vhost_backend::echo::Echo;
+use vhost_backend::os::socket::recv_with_fds;
 use vhost_io_mio::Server;
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::Frontend;
-use vhost_io_std::os::socket::recv_with_fds;
 use vhost_proto::wire::{
     DecodeContext, FrontendRequest, InflightDesc, ProtocolFeatures, VirtioFeatures,
 };

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::*;
 use mio::{Events, Interest, Poll, Token};
+use vhost_backend::echo::Echo;
 use vhost_io_mio::{Session, Status};
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::{Frontend, GuestRam};
 
 enum Step {

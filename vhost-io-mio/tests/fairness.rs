@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
+use vhost_backend::echo::Echo;
 use vhost_io_mio::{Session, Status};
-use vhost_io_std::echo::Echo;
 use vhost_proto::wire::{DecodeContext, FrontendRequest};
 
 #[test]

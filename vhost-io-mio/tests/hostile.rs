@@ -11,11 +11,11 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::*;
+use vhost_backend::echo::Echo;
+use vhost_backend::os::memfd;
+use vhost_backend::os::socket::send_all_with_fds;
 use vhost_io_mio::{Error, Handle, Server, Session};
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::{Frontend, GuestRam};
-use vhost_io_std::os::memfd;
-use vhost_io_std::os::socket::send_all_with_fds;
 use vhost_proto::wire::{DecodeContext, FrontendRequest};
 use vring::memory::GuestSlice;
 

@@ -11,8 +11,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{TIMEOUT, handshake, open_fds, ring_features};
+use vhost_backend::echo::Echo;
 use vhost_io_mio::Server;
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vring::memory::GuestSlice;
 

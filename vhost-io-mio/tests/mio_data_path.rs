@@ -15,8 +15,8 @@ use std::os::unix::net::UnixStream;
 
 use common::*;
 use scenarios::EchoBackend;
+use vhost_backend::echo::Echo;
 use vhost_io_mio::{Server, ServerHandle};
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::{Frontend, GuestRam};
 
 impl EchoBackend for ServerHandle {
@@ -87,10 +87,10 @@ fn frontends_that_vanish_mid_io_leave_the_others_served() {
 /// `queue_wakeup` eventfd, not through a kick.
 struct Rx {
     pending: std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>,
-    wake: vhost_io_std::os::eventfd::EventFd,
+    wake: vhost_backend::os::eventfd::EventFd,
 }
 
-impl vhost_io_std::backend::Device for Rx {
+impl vhost_backend::Device for Rx {
     fn description(&self) -> vhost_proto::backend::DeviceDescription {
         vhost_proto::backend::DeviceDescription::new(
             vhost_proto::wire::VirtioFeatures::VERSION_1,
@@ -99,7 +99,7 @@ impl vhost_io_std::backend::Device for Rx {
         )
     }
 
-    fn process_queue(&self, q: &mut vhost_io_std::backend::Queue) -> Result<(), vring::Error> {
+    fn process_queue(&self, q: &mut vhost_backend::Queue) -> Result<(), vring::Error> {
         let mut pending = self.pending.lock().unwrap();
         while !pending.is_empty() {
             let Some(chain) = q.pop()? else { break };
@@ -112,7 +112,7 @@ impl vhost_io_std::backend::Device for Rx {
         Ok(())
     }
 
-    fn queue_wakeup(&self, index: u16) -> Option<vhost_io_std::os::eventfd::EventFd> {
+    fn queue_wakeup(&self, index: u16) -> Option<vhost_backend::os::eventfd::EventFd> {
         (index == 0).then(|| self.wake.try_clone().ok()).flatten()
     }
 }
@@ -123,7 +123,7 @@ fn a_device_wakeup_fd_runs_its_queue_without_a_kick() {
     use vring::memory::GuestSlice;
     let rx = Arc::new(Rx {
         pending: Default::default(),
-        wake: vhost_io_std::os::eventfd::EventFd::new(true).unwrap(),
+        wake: vhost_backend::os::eventfd::EventFd::new(true).unwrap(),
     });
     let device = Arc::clone(&rx);
     let server = Server::with_factory(move || Arc::clone(&device))
@@ -162,12 +162,12 @@ fn a_device_wakeup_fd_runs_its_queue_without_a_kick() {
 /// A device that panics on the first chain it sees.
 struct Panicky;
 
-impl vhost_io_std::backend::Device for Panicky {
+impl vhost_backend::Device for Panicky {
     fn description(&self) -> vhost_proto::backend::DeviceDescription {
         Echo::new(1).description()
     }
 
-    fn process_queue(&self, q: &mut vhost_io_std::backend::Queue) -> Result<(), vring::Error> {
+    fn process_queue(&self, q: &mut vhost_backend::Queue) -> Result<(), vring::Error> {
         if q.pop()?.is_some() {
             panic!("device bug");
         }
@@ -179,7 +179,7 @@ impl vhost_io_std::backend::Device for Panicky {
 fn different_devices_in_one_loop_and_a_panicking_one_breaks_only_its_ring() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use vhost_io_std::backend::Device;
+    use vhost_backend::Device;
     let n = AtomicUsize::new(0);
     let server = Server::<dyn Device>::with_factory(move || {
         if n.fetch_add(1, Ordering::Relaxed) == 0 {

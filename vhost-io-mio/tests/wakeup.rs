@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use vhost_backend::os::eventfd::EventFd;
+use vhost_backend::{Device, Queue};
 use vhost_io_mio::Server;
-use vhost_io_std::backend::{Device, Queue};
 use vhost_io_std::frontend::{Frontend, GuestRam};
-use vhost_io_std::os::eventfd::EventFd;
 use vhost_proto::backend::DeviceDescription;
 use vhost_proto::wire::ProtocolFeatures;
 
@@ -32,7 +32,7 @@ struct Racer {
 impl Device for Racer {
     fn description(&self) -> DeviceDescription {
         DeviceDescription::new(
-            vhost_io_std::echo::echo_features(),
+            vhost_backend::echo::echo_features(),
             ProtocolFeatures::MQ | ProtocolFeatures::REPLY_ACK,
             1,
         )

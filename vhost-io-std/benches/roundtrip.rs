@@ -18,8 +18,8 @@ use vhost::vhost_user::{
     BackendReqHandler, Frontend as VmmFrontend, GpuBackend, VhostUserBackendReqHandlerMut,
     VhostUserFrontend,
 };
+use vhost_backend::echo::Echo;
 use vhost_io_std::backend::Server;
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::Frontend;
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 

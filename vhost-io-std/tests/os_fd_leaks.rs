@@ -14,11 +14,11 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
-use vhost_io_std::OsError;
-use vhost_io_std::os::eventfd::EventFd;
-use vhost_io_std::os::memfd;
-use vhost_io_std::os::mmap::{MappedRegion, MemoryMap, RegionLayout, SharedMapping};
-use vhost_io_std::os::socket::{
+use vhost_backend::OsError;
+use vhost_backend::os::eventfd::EventFd;
+use vhost_backend::os::memfd;
+use vhost_backend::os::mmap::{MappedRegion, MemoryMap, RegionLayout, SharedMapping};
+use vhost_backend::os::socket::{
     MAX_FDS_PER_MESSAGE, RECV_FD_CAPACITY, recv_with_fds, send_all_with_fds, send_with_fds,
 };
 

@@ -14,10 +14,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vhost_io_std::ChannelError;
-use vhost_io_std::backend::{BackendChannel, Device, Queue, Server};
+use vhost_backend::ChannelError;
+use vhost_backend::os::memfd;
+use vhost_backend::{BackendChannel, Device, Queue};
+use vhost_io_std::backend::Server;
 use vhost_io_std::frontend::{BackendMessage, DriverRing, Frontend, FrontendChannel, GuestRam};
-use vhost_io_std::os::memfd;
 use vhost_proto::backend::DeviceDescription;
 use vhost_proto::session::ApiError;
 use vhost_proto::wire::{

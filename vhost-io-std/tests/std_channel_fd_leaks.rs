@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use vhost_io_std::backend::{BackendChannel, Device, Queue, Server};
+use vhost_backend::os::memfd;
+use vhost_backend::{BackendChannel, Device, Queue};
+use vhost_io_std::backend::Server;
 use vhost_io_std::frontend::{BackendMessage, DriverRing, Frontend, GuestRam};
-use vhost_io_std::os::memfd;
 use vhost_proto::backend::{DeviceDescription, Refused};
 use vhost_proto::wire::{
     BackendRequest, ProtocolFeatures, ShmemMap, ShmemMapFlags, Uuid, VirtioFeatures,

@@ -7,9 +7,9 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use vhost_io_std::backend::BackendChannel;
+use vhost_backend::BackendChannel;
+use vhost_backend::os::socket::send_all_with_fds;
 use vhost_io_std::frontend::{BackendMessage, Frontend, FrontendChannel};
-use vhost_io_std::os::socket::send_all_with_fds;
 use vhost_io_std::{ChannelError, ClientError};
 use vhost_proto::session::{Negotiated, Rule};
 use vhost_proto::wire::{

@@ -100,8 +100,8 @@ fn memory_regions_added_and_removed_while_running() {
 
 #[test]
 fn a_frontend_that_disconnects_mid_io_is_followed_by_a_new_session() {
+    use vhost_backend::echo::Echo;
     use vhost_io_std::backend::Server;
-    use vhost_io_std::echo::Echo;
     let dir = TestDir::new(&format!("vhost-std-reconnect-{}", std::process::id()));
     let path = dir.join("echo.sock");
     let server = Server::bind(&path, Echo::new(2)).unwrap().spawn().unwrap();

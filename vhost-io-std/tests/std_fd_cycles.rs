@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
+use vhost_backend::echo::Echo;
 use vhost_io_std::backend::Server;
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::{Frontend, GuestRam};
 
 #[test]

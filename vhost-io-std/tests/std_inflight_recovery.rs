@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use vhost_io_std::backend::{Device, Queue, Server};
+use vhost_backend::{Device, Queue};
+use vhost_io_std::backend::Server;
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::backend::DeviceDescription;
 use vhost_proto::wire::{InflightDesc, ProtocolFeatures, VirtioFeatures, VringBase};
@@ -36,7 +37,7 @@ fn description() -> DeviceDescription {
 }
 
 /// Reads a request's one-byte tag.
-fn tag(q: &Queue, c: &vhost_io_std::backend::Chain) -> Result<u8, vring::Error> {
+fn tag(q: &Queue, c: &vhost_backend::Chain) -> Result<u8, vring::Error> {
     let mut t = [0u8];
     q.reader(c)?.read_exact(&mut t)?;
     Ok(t[0])

@@ -12,11 +12,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use vhost_backend::echo::Echo;
+use vhost_backend::os::eventfd::EventFd;
+use vhost_backend::os::socket::send_all_with_fds;
 use vhost_io_std::backend::Server;
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::{Frontend, GuestRam};
-use vhost_io_std::os::eventfd::EventFd;
-use vhost_io_std::os::socket::send_all_with_fds;
 
 fn frame(code: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();

@@ -10,7 +10,8 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::Duration;
 
 use common::*;
-use vhost_io_std::backend::{Device, Queue, Server};
+use vhost_backend::{Device, Queue};
+use vhost_io_std::backend::Server;
 use vhost_io_std::frontend::{Frontend, GuestRam};
 use vhost_proto::backend::DeviceDescription;
 use vhost_proto::wire::ProtocolFeatures;
@@ -24,7 +25,7 @@ struct Racer {
 impl Device for Racer {
     fn description(&self) -> DeviceDescription {
         DeviceDescription::new(
-            vhost_io_std::echo::echo_features(),
+            vhost_backend::echo::echo_features(),
             ProtocolFeatures::MQ | ProtocolFeatures::REPLY_ACK,
             1,
         )

@@ -8,8 +8,8 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use vhost_backend::echo::Echo;
 use vhost_io_std::backend::Server;
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 use vring::memory::GuestSlice;

@@ -3,16 +3,16 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::ServeError;
+use vhost_backend::Device;
 
-use super::device::Device;
 use super::session::{Ended, Session, StopSignal, wait_readable};
+use vhost_backend::os::socket::remove_stale_socket;
 
 /// A vhost-user back-end server: serves a [`Device`] to one front-end
 /// connection at a time, each in a fresh session (the device's own state
@@ -20,7 +20,8 @@ use super::session::{Ended, Session, StopSignal, wait_readable};
 ///
 /// ```
 /// use std::os::unix::net::UnixStream;
-/// use vhost_io_std::backend::{Device, Queue, Server};
+/// use vhost_backend::{Device, Queue};
+/// use vhost_io_std::backend::Server;
 /// use vhost_io_std::frontend::Frontend;
 /// use vhost_proto::backend::DeviceDescription;
 /// use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
@@ -68,8 +69,8 @@ enum Source {
 
 impl<D: Device> Server<D> {
     /// Listens on `path`. A stale socket file there (a socket nobody accepts
-    /// on) is removed first; a live socket is [`ServeError::AddrInUse`], any
-    /// other file [`ServeError::NotASocket`]. The socket file is removed
+    /// on) is removed first; a live socket is [`BindError::AddrInUse`](vhost_backend::BindError), any
+    /// other file `BindError::NotASocket`. The socket file is removed
     /// when the server ends.
     pub fn bind(path: impl AsRef<Path>, device: D) -> Result<Self, ServeError> {
         let path = path.as_ref();
@@ -181,31 +182,6 @@ fn transient(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionAborted
     )
-}
-
-/// Removes `path` if it is a socket nobody accepts on.
-#[doc(hidden)]
-pub fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(ServeError::io("stat", e)),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(ServeError::NotASocket {
-            path: path.to_owned(),
-        });
-    }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(ServeError::AddrInUse {
-            path: path.to_owned(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            log::info!("vhost-io-std: removing stale socket {}", path.display());
-            std::fs::remove_file(path).map_err(|e| ServeError::io("unlink", e))
-        }
-        Err(e) => Err(ServeError::io("connect", e)),
-    }
 }
 
 /// Stops a [`Server`] from another thread (see [`Server::stopper`]).

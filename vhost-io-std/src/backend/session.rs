@@ -11,15 +11,12 @@ use rustix::io::Errno;
 use vhost_proto::backend::Event;
 
 use crate::ServeError;
-use crate::os::eventfd::EventFd;
-use crate::os::socket::{recv_with_fds, send_all_with_fds};
+use vhost_backend::os::eventfd::EventFd;
+use vhost_backend::os::socket::{recv_with_fds, send_all_with_fds};
 
-use super::channel::{BackendChannel, ChannelGate};
-use super::device::Device;
-use super::framing::Framer;
-use super::queue::Queue;
-use super::state::{Notifier, Rings, SessionState};
 use super::worker::{SharedCall, Worker, WorkerSetup};
+use vhost_backend::state::{Notifier, Rings, SessionState};
+use vhost_backend::{Device, Framer, Queue};
 
 /// Bytes read per `recvmsg`: the largest request (a 2 KiB SHMEM config, a
 /// 4 KiB config write) fits; several small pipelined requests too.
@@ -49,8 +46,6 @@ enum Slot {
 struct Workers {
     slots: Vec<Slot>,
     calls: Vec<SharedCall>,
-    /// Shared with the back-end channels handed to the device.
-    gate: Arc<ChannelGate>,
 }
 
 /// One connection's state besides the socket.
@@ -68,7 +63,6 @@ impl<D: Device> Session<D> {
             workers: Workers {
                 slots: (0..n).map(|_| Slot::Idle).collect(),
                 calls: (0..n).map(|_| Arc::new(Mutex::new(None))).collect(),
-                gate: Arc::new(ChannelGate::new()),
             },
         }
     }
@@ -173,22 +167,10 @@ impl<D: Device> Session<D> {
 
     fn handle(&mut self, event: Event<std::os::fd::OwnedFd>) {
         self.state.handle(event, &mut self.workers);
-        self.sync_gate();
-    }
-
-    /// Channels the device holds follow the session: its negotiation, and
-    /// the suspended rule (spec §7.3: no back-end request while every ring
-    /// is stopped; the protocol session leaves that rule to us).
-    fn sync_gate(&self) {
-        let gate = &self.workers.gate;
-        gate.set_negotiated(*self.state.connection().negotiated());
-        gate.set_suspended(self.workers.slots.iter().all(|s| matches!(s, Slot::Idle)));
     }
 
     fn shutdown(&mut self) {
-        self.state.stop_all(&mut self.workers);
-        self.workers.gate.set_suspended(true);
-        self.state.device().disconnected();
+        self.state.shutdown(&mut self.workers);
     }
 }
 
@@ -247,12 +229,6 @@ impl<D: Device> Rings<D> for Workers {
         {
             self.spawn(state, q);
         }
-    }
-
-    fn backend_channel(&mut self, state: &SessionState<D>, socket: UnixStream) {
-        self.gate.set_negotiated(*state.connection().negotiated());
-        let channel = BackendChannel::with_gate(socket, Arc::clone(&self.gate));
-        state.device().backend_channel_opened(channel);
     }
 }
 

@@ -9,11 +9,10 @@ use std::thread::JoinHandle;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 
-use crate::os::eventfd::EventFd;
+use vhost_backend::os::eventfd::EventFd;
 
-use super::device::Device;
-use super::queue::Queue;
-use super::state::drain;
+use vhost_backend::state::drain;
+use vhost_backend::{Device, Queue};
 
 /// The call notifier of one ring, shared with its worker: SET_VRING_CALL may
 /// replace it while the ring runs (spec §5 id 13).

@@ -33,7 +33,8 @@ pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// ```
 /// use std::os::unix::net::UnixStream;
-/// use vhost_io_std::backend::{Device, Queue, Server};
+/// use vhost_backend::{Device, Queue};
+/// use vhost_io_std::backend::Server;
 /// use vhost_io_std::frontend::Frontend;
 /// use vhost_proto::backend::DeviceDescription;
 /// use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};

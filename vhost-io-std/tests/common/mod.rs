@@ -4,8 +4,8 @@
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use vhost_backend::echo::Echo;
 use vhost_io_std::backend::{Server, ServerHandle};
-use vhost_io_std::echo::Echo;
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 

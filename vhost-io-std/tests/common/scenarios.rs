@@ -98,7 +98,7 @@ pub fn config_status_and_refusals<B: EchoBackend>() {
     let magic = front.get_config(0, 8).unwrap();
     assert_eq!(
         u64::from_le_bytes(magic.try_into().unwrap()),
-        vhost_io_std::echo::CONFIG_MAGIC
+        vhost_backend::echo::CONFIG_MAGIC
     );
     // Beyond the config space: the session refuses, the connection goes on.
     assert!(front.get_config(4, 8).is_err());

@@ -61,7 +61,7 @@ impl ChannelGate {
 
 /// The device's end of the back-end channel (SET_BACKEND_REQ_FD, spec §6,
 /// §7.6), handed to [`Device::backend_channel_opened`](super::Device::backend_channel_opened)
-/// by the [`Server`](super::Server).
+/// by the runner (`vhost-io-std`'s `Server`, `vhost-io-mio`'s `Session`).
 ///
 /// One method per back-end request. Each is checked against what the
 /// session negotiated (BACKEND_REQ, the request's own feature, and

@@ -6,7 +6,7 @@
 //! peer), or the two ends of a pipe.
 //!
 //! ```
-//! use vhost_io_std::os::eventfd::EventFd;
+//! use vhost_backend::os::eventfd::EventFd;
 //!
 //! let call = EventFd::new(true)?;
 //! assert!(!call.try_consume()?);

@@ -311,7 +311,7 @@ fn check_disjoint_layouts(
 /// mapping alive.
 ///
 /// ```
-/// use vhost_io_std::os::{memfd, mmap::SharedMapping};
+/// use vhost_backend::os::{memfd, mmap::SharedMapping};
 ///
 /// let fd = memfd::create_sealed("inflight", 8192)?;
 /// rustix::io::pwrite(&fd, &[0xab], 4096 + 5)?;

@@ -15,8 +15,8 @@
 //! ```
 //! use std::os::fd::AsFd;
 //! use std::os::unix::net::UnixStream;
-//! use vhost_io_std::os::eventfd::EventFd;
-//! use vhost_io_std::os::socket::{recv_with_fds, send_all_with_fds};
+//! use vhost_backend::os::eventfd::EventFd;
+//! use vhost_backend::os::socket::{recv_with_fds, send_all_with_fds};
 //!
 //! let (front, back) = UnixStream::pair()?;
 //! let kick = EventFd::new(false)?;
@@ -46,7 +46,11 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
 };
 
-use crate::OsError;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use crate::{BindError, OsError};
 
 /// The most fds one vhost-user message may carry (spec §1).
 pub const MAX_FDS_PER_MESSAGE: usize = 8;
@@ -180,6 +184,38 @@ pub(crate) fn wait_for(fd: BorrowedFd<'_>, events: PollFlags) -> io::Result<()> 
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Removes `path` if it is a socket nobody accepts on.
+pub fn remove_stale_socket(path: &Path) -> Result<(), BindError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path, "stat", e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(BindError::NotASocket {
+            path: path.to_owned(),
+        });
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(BindError::AddrInUse {
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            log::info!("vhost-backend: removing stale socket {}", path.display());
+            std::fs::remove_file(path).map_err(|e| io_err(path, "unlink", e))
+        }
+        Err(e) => Err(io_err(path, "connect", e)),
+    }
+}
+
+fn io_err(path: &Path, op: &'static str, source: io::Error) -> BindError {
+    BindError::Io {
+        path: path.to_owned(),
+        op,
+        source,
     }
 }
 

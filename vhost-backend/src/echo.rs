@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use vhost_proto::backend::{DeviceDescription, Refused};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 
-use crate::backend::{Device, Queue};
+use crate::{Device, Queue};
 
 /// The echo device's 8-byte config space: this magic, little-endian.
 pub const CONFIG_MAGIC: u64 = 0x6f68_6365_7473_6f68;
@@ -18,8 +18,8 @@ pub const CONFIG_MAGIC: u64 = 0x6f68_6365_7473_6f68;
 /// INFLIGHT_SHMFD.
 ///
 /// ```
-/// use vhost_io_std::backend::Device;
-/// use vhost_io_std::echo::Echo;
+/// use vhost_backend::Device;
+/// use vhost_backend::echo::Echo;
 ///
 /// let echo = Echo::new(2);
 /// assert_eq!(echo.description().queues, 2);

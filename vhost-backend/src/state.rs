@@ -28,6 +28,7 @@ use vring::inflight::RingLayout;
 use crate::os::eventfd::EventFd;
 use crate::os::mmap::{MappedRegion, MemoryMap, RegionLayout, SharedMapping};
 
+use super::channel::{BackendChannel, ChannelGate};
 use super::device::Device;
 use super::queue::{Memory, Queue};
 
@@ -71,9 +72,6 @@ pub trait Rings<D: Device + ?Sized> {
     fn ring_kicked(&mut self, state: &SessionState<D>, index: u16) {
         let _ = (state, index);
     }
-
-    /// SET_BACKEND_REQ_FD: the back-end channel's socket, for the device.
-    fn backend_channel(&mut self, state: &SessionState<D>, socket: UnixStream);
 }
 
 /// One of a ring's notifiers.
@@ -103,6 +101,8 @@ pub struct SessionState<D: Device + ?Sized> {
     /// Shared with each ring's queue ([`Queue::is_enabled`]).
     enabled: Box<[Arc<AtomicBool>]>,
     inflight: Option<Inflight>,
+    /// Shared with the back-end channels handed to the device.
+    gate: Arc<ChannelGate>,
 }
 
 impl<D: Device + ?Sized> std::fmt::Debug for SessionState<D> {
@@ -125,6 +125,7 @@ impl<D: Device + ?Sized> SessionState<D> {
             memory: MemoryMap::default(),
             enabled: (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect(),
             inflight: None,
+            gate: Arc::new(ChannelGate::new()),
         }
     }
 
@@ -308,7 +309,10 @@ impl<D: Device + ?Sized> SessionState<D> {
                 self.conn.ack(answer, r)
             }
             Event::BackendChannel { fd } => {
-                rings.backend_channel(self, UnixStream::from(fd));
+                self.sync_gate();
+                let channel =
+                    BackendChannel::with_gate(UnixStream::from(fd), Arc::clone(&self.gate));
+                self.device.backend_channel_opened(channel);
                 Ok(())
             }
             Event::InflightGet {
@@ -330,11 +334,28 @@ impl<D: Device + ?Sized> SessionState<D> {
             }
             other => self.conn.refuse(other),
         };
+        self.sync_gate();
         if let Err(e) = r {
             // Our answers follow the tokens the connection handed out; a failure here is
             // a bug in the binding, not the peer's doing.
             log::error!("vhost-io: answering the session failed: {e}");
         }
+    }
+
+    /// Channels the device holds follow the session: its negotiation, and the suspended
+    /// rule (spec §7.3: no back-end request while every ring is stopped; the protocol
+    /// session leaves that rule to the runtime).
+    fn sync_gate(&self) {
+        self.gate.set_negotiated(*self.conn.negotiated());
+        self.gate.set_suspended(self.conn.is_suspended());
+    }
+
+    /// Ends the session: every ring stopped, the device's channels suspended, the device
+    /// told that the front-end is gone.
+    pub fn shutdown<R: Rings<D> + ?Sized>(&mut self, rings: &mut R) {
+        self.stop_all(rings);
+        self.gate.set_suspended(true);
+        self.device.disconnected();
     }
 
     /// Stops every ring (their queues are dropped).

@@ -11,7 +11,7 @@ use crate::os::eventfd::EventFd;
 use super::channel::BackendChannel;
 use super::queue::Queue;
 
-/// A vhost-user back-end device served by [`Server`](super::Server).
+/// A vhost-user back-end device served by runner (`vhost-io-std`'s `Server`, `vhost-io-mio`'s `Session`).
 ///
 /// The trait is capability-oriented: [`description`](Self::description)
 /// states what the device offers (features, protocol features, queue count,
@@ -29,7 +29,7 @@ use super::queue::Queue;
 ///
 /// ```
 /// use std::sync::Mutex;
-/// use vhost_io_std::backend::{Device, Queue};
+/// use vhost_backend::{Device, Queue};
 /// use vhost_proto::backend::{DeviceDescription, Refused};
 /// use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 ///
@@ -108,8 +108,8 @@ use super::queue::Queue;
 /// ```
 /// use std::collections::VecDeque;
 /// use std::sync::Mutex;
-/// use vhost_io_std::backend::{Device, Queue};
-/// use vhost_io_std::os::eventfd::EventFd;
+/// use vhost_backend::{Device, Queue};
+/// use vhost_backend::os::eventfd::EventFd;
 /// use vhost_proto::backend::DeviceDescription;
 /// use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 ///
@@ -252,7 +252,7 @@ pub trait Device: Send + Sync + 'static {
         Err(Refused::because("RARP not supported"))
     }
 
-    /// SET_BACKEND_REQ_FD, as the std [`Server`](super::Server) delivers
+    /// SET_BACKEND_REQ_FD, as the std runner (`vhost-io-std`'s `Server`, `vhost-io-mio`'s `Session`) delivers
     /// it: the back-end → front-end channel, ready to send the ten back-end
     /// requests (gated by what was negotiated, refused while the device is
     /// suspended). A new SET_BACKEND_REQ_FD hands over a new channel.

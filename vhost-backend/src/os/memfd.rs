@@ -2,7 +2,7 @@
 //! demos and for the inflight buffer a back-end allocates (spec §7.12).
 //!
 //! ```
-//! use vhost_io_std::os::memfd;
+//! use vhost_backend::os::memfd;
 //!
 //! let fd = memfd::create_sealed("inflight", 4096)?;
 //! assert_eq!(rustix::fs::fstat(&fd)?.st_size, 4096);
