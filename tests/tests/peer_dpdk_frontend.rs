@@ -12,8 +12,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
 use tests::net;
 use tests::{Peer, TempDir};
+use vhost_backend::QueueError;
 use vhost_backend::os::eventfd::EventFd;
 use vhost_backend::{Device, Queue};
 use vhost_io_std::backend::Server;
@@ -58,10 +60,10 @@ impl TestNet {
         }
     }
 
-    fn tx(&self, q: &mut Queue) -> Result<(), vring::Error> {
+    fn tx(&self, q: &mut Queue) -> Result<(), QueueError> {
         let mut buf = [0u8; 2048];
         while let Some(chain) = q.pop()? {
-            let mut r = q.reader(&chain)?;
+            let mut r = q.reader(&chain);
             let mut n = 0;
             loop {
                 let k = r.read(&mut buf[n..])?;
@@ -82,12 +84,12 @@ impl TestNet {
                 self.tx_disabled.fetch_add(1, Ordering::Relaxed);
             }
             self.tx_frames.fetch_add(1, Ordering::Relaxed);
-            q.add_used(&chain, 0)?;
+            q.complete(chain, 0)?;
         }
         Ok(())
     }
 
-    fn rx(&self, q: &mut Queue) -> Result<(), vring::Error> {
+    fn rx(&self, q: &mut Queue) -> Result<(), QueueError> {
         if !q.is_enabled() {
             return Ok(());
         }
@@ -97,15 +99,15 @@ impl TestNet {
             let Some(chain) = q.pop()? else { break };
             self.rx_budget.fetch_sub(1, Ordering::AcqRel);
             let seq = self.rx_frames.load(Ordering::Relaxed);
-            let mut w = q.writer(&chain)?;
+            let mut w = q.writer(&chain);
             w.write_all(&hdr)?;
             w.write_all(&net::frame(seq, RX_LEN))?;
             let len = w.bytes_written();
-            q.add_used(&chain, len)?;
+            q.complete(chain, len)?;
             self.rx_frames.fetch_add(1, Ordering::Release);
             done += 1;
             if done.is_multiple_of(64) {
-                q.publish_used();
+                q.publish();
             }
         }
         Ok(())
@@ -125,22 +127,37 @@ impl Device for TestNet {
         )
     }
 
-    fn process_queue(&self, q: &mut Queue) -> Result<(), vring::Error> {
-        match q.index() {
-            0 => self.rx(q),
-            _ => self.tx(q),
-        }
-    }
-
-    fn queue_wakeup(&self, index: u16) -> Option<EventFd> {
-        (index == 0)
-            .then(|| self.rx_wake.try_clone().ok())
-            .flatten()
+    fn start_queue(
+        self: Arc<Self>,
+        queue: &vhost_backend::Queue,
+    ) -> Result<Box<dyn vhost_backend::QueueHandler>, vhost_proto::backend::Refused> {
+        let wake = self.wakeup(queue.index());
+        let h =
+            vhost_backend::handler_fn(move |q: &mut vhost_backend::Queue| self.process_queue(q));
+        Ok(match wake {
+            Some(w) => Box::new(h.with_wakeup(w)),
+            None => Box::new(h),
+        })
     }
 
     fn queue_enabled(&self, index: u16, enabled: bool) {
         if index == 0 && enabled {
             let _ = self.rx_wake.signal();
+        }
+    }
+}
+
+impl TestNet {
+    fn wakeup(&self, index: u16) -> Option<EventFd> {
+        (index == 0)
+            .then(|| self.rx_wake.try_clone().ok())
+            .flatten()
+    }
+
+    fn process_queue(&self, q: &mut Queue) -> Result<(), QueueError> {
+        match q.index() {
+            0 => self.rx(q),
+            _ => self.tx(q),
         }
     }
 }

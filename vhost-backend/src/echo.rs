@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use vhost_proto::backend::{DeviceDescription, Refused};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 
-use crate::{Device, Queue};
+use std::sync::Arc;
+
+use crate::{Device, Queue, QueueError, QueueHandler};
 
 /// The echo device's 8-byte config space: this magic, little-endian.
 pub const CONFIG_MAGIC: u64 = 0x6f68_6365_7473_6f68;
@@ -27,8 +29,20 @@ pub const CONFIG_MAGIC: u64 = 0x6f68_6365_7473_6f68;
 #[derive(Debug)]
 pub struct Echo {
     queues: u16,
+    stats: Arc<Stats>,
+}
+
+/// What every queue of an [`Echo`] counts.
+#[derive(Debug, Default)]
+struct Stats {
     requests: AtomicU64,
     bytes: AtomicU64,
+}
+
+/// One started queue of an [`Echo`].
+#[derive(Debug)]
+struct EchoQueue {
+    stats: Arc<Stats>,
 }
 
 impl Echo {
@@ -36,19 +50,18 @@ impl Echo {
     pub fn new(queues: u16) -> Self {
         Echo {
             queues,
-            requests: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
+            stats: Arc::default(),
         }
     }
 
     /// Requests completed so far (all queues, all connections).
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.stats.requests.load(Ordering::Relaxed)
     }
 
     /// Bytes echoed so far.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.stats.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -74,29 +87,10 @@ impl Device for Echo {
             .with_max_queue_size(32768)
     }
 
-    fn process_queue(&self, q: &mut Queue) -> Result<(), vring::Error> {
-        let mut buf = [0u8; 4096];
-        let (mut n, mut total) = (0u64, 0u64);
-        while let Some(chain) = q.pop()? {
-            let mut reader = q.reader(&chain)?;
-            let mut writer = q.writer(&chain)?;
-            loop {
-                let got = reader.read(&mut buf)?;
-                let Some(data) = buf.get(..got).filter(|d| !d.is_empty()) else {
-                    break;
-                };
-                if writer.write(data)? < got {
-                    break;
-                }
-            }
-            let len = writer.bytes_written();
-            q.add_used(&chain, len)?;
-            n += 1;
-            total += u64::from(len);
-        }
-        self.requests.fetch_add(n, Ordering::Relaxed);
-        self.bytes.fetch_add(total, Ordering::Relaxed);
-        Ok(())
+    fn start_queue(self: Arc<Self>, _: &Queue) -> Result<Box<dyn QueueHandler>, Refused> {
+        Ok(Box::new(EchoQueue {
+            stats: Arc::clone(&self.stats),
+        }))
     }
 
     fn read_config(&self, offset: u32, data: &mut [u8]) -> Result<(), Refused> {
@@ -108,4 +102,37 @@ impl Device for Echo {
         data.copy_from_slice(src);
         Ok(())
     }
+}
+
+impl QueueHandler for EchoQueue {
+    fn process(&mut self, q: &mut Queue) -> Result<(), QueueError> {
+        let mut buf = [0u8; 4096];
+        let (mut n, mut total) = (0u64, 0u64);
+        while let Some(chain) = q.pop()? {
+            let len = echo_chain(q, &chain, &mut buf)?;
+            q.complete(chain, len)?;
+            n += 1;
+            total += u64::from(len);
+        }
+        self.stats.requests.fetch_add(n, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(total, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Copies `chain`'s readable bytes into its writable bytes (as many as fit, through
+/// `buf`); returns the used length.
+pub fn echo_chain(q: &Queue, chain: &crate::Chain, buf: &mut [u8]) -> Result<u32, QueueError> {
+    let mut reader = q.reader(chain);
+    let mut writer = q.writer(chain);
+    loop {
+        let got = reader.read(buf)?;
+        let Some(data) = buf.get(..got).filter(|d| !d.is_empty()) else {
+            break;
+        };
+        if writer.write(data)? < got {
+            break;
+        }
+    }
+    Ok(writer.bytes_written())
 }

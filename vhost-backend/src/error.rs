@@ -272,3 +272,67 @@ pub enum BindError {
         source: io::Error,
     },
 }
+
+/// Why a queue operation failed, or why a queue handler stopped its ring.
+///
+/// A handler that returns one of these from
+/// [`QueueHandler::process`](crate::QueueHandler::process) (or any other handler method)
+/// breaks its ring: the runner signals the ring's err fd and processes nothing more on it
+/// until the front-end starts it again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The ring's contents are malformed (guest memory is hostile), or the device asked
+    /// for something the chain cannot give.
+    #[error(transparent)]
+    Ring(#[from] vring::Error),
+    /// The driver offered a chain whose id is still in flight (a hostile or broken driver).
+    #[error("queue {queue}: the driver offered chain {id} while it is still in flight")]
+    ChainInFlight {
+        /// The queue.
+        queue: u16,
+        /// The chain id.
+        id: u16,
+    },
+    /// A chain was completed on a queue other than the one that handed it out.
+    #[error("chain of queue {chain} completed on queue {queue}")]
+    WrongQueue {
+        /// The queue the chain came from.
+        chain: u16,
+        /// The queue it was completed on.
+        queue: u16,
+    },
+    /// A chain of an earlier start of this ring was completed after the ring restarted.
+    #[error("queue {queue}: chain from an earlier start of the ring")]
+    StaleChain {
+        /// The queue.
+        queue: u16,
+    },
+    /// A chain id that is not in flight was completed.
+    #[error("queue {queue}: chain {id} is not in flight")]
+    NotInFlight {
+        /// The queue.
+        queue: u16,
+        /// The chain id.
+        id: u16,
+    },
+    /// The device's own I/O failed in a way that breaks the ring.
+    #[error("queue {queue}: {what}: {source}")]
+    Io {
+        /// The queue.
+        queue: u16,
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The device broke the ring for a reason of its own.
+    #[error("queue {queue}: {reason}")]
+    Device {
+        /// The queue.
+        queue: u16,
+        /// Why.
+        reason: String,
+    },
+}

@@ -25,6 +25,12 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// Whether the bytes seen so far end inside a message (a header or a body is
+    /// incomplete).
+    pub fn mid_message(&self) -> bool {
+        self.header_len > 0 || self.body_left > 0
+    }
+
     /// Consumes one read; returns the offset of the last header that begins
     /// in it, if any.
     pub fn last_header_start(&mut self, bytes: &[u8]) -> Option<usize> {

@@ -5,9 +5,11 @@
 //! `vhost-io-mio` (sessions in the user's mio loop). The runners move bytes
 //! and fds; everything else lives here:
 //!
-//! - [`Device`]: what a back-end device offers and how it serves its queues;
-//! - [`Queue`], [`Chain`], [`ChainReader`], [`ChainWriter`]: one running
-//!   virtqueue as a device sees it;
+//! - [`Device`]: what a back-end device offers; [`QueueHandler`]: how each of its
+//!   started queues is served, completing requests at once or later (asynchronous
+//!   completion, its own fds to wait on: [`Source`]);
+//! - [`Queue`], [`Chain`], [`ChainReader`], [`ChainWriter`], [`ReadObj`], [`WriteObj`]:
+//!   one running virtqueue as a device sees it, and its chains as tokens completed once;
 //! - [`state`]: the session logic that turns the protocol core's events into
 //!   actions (memory maps, queue builds, inflight buffers, device calls), and
 //!   the drain loop every runner processes a queue with;
@@ -23,16 +25,20 @@ mod device;
 pub mod echo;
 mod error;
 mod framing;
+mod obj;
 pub mod os;
 mod queue;
+mod served;
 pub mod state;
 
 pub use channel::{BackendChannel, DEFAULT_CHANNEL_TIMEOUT};
-pub use device::Device;
-pub use error::{BindError, ChannelError, OsError};
+pub use device::{Device, FnHandler, QueueHandler, Source, handler_fn};
+pub use error::{BindError, ChannelError, OsError, QueueError};
 #[doc(hidden)]
 pub use framing::Framer;
-pub use queue::{Chain, ChainReader, ChainWriter, Memory, Queue};
+pub use obj::{ReadObj, WriteObj};
+pub use queue::{Chain, ChainLengths, ChainReader, ChainWriter, Memory, Queue};
+pub use served::{Drained, ServedQueue};
 
 // The crates a device needs, so that it imports this one alone.
 pub use vhost_proto;

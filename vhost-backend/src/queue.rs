@@ -1,50 +1,132 @@
-//! One running virtqueue as a device sees it: split or packed behind one
-//! type ([`vring::queue::DeviceQueue`] does the layout dispatch).
+//! One running virtqueue as a device sees it: split or packed behind one type
+//! ([`vring::queue::DeviceQueue`] does the layout dispatch), and the chains it hands out
+//! as tokens that are completed once, on their own queue, now or later.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use vm_memory::GuestMemoryMmap;
 use vring::queue::{AvailChain, Descriptors, DeviceQueue};
 use vring::{Error as RingError, RingPosition};
 
+use crate::error::QueueError;
+
 /// The guest memory a queue works in: the session's current memory map.
 pub type Memory = Arc<GuestMemoryMmap>;
 
-/// An available chain popped from a [`Queue`]: a small `Copy` handle that
-/// does not borrow the queue (split or packed, [`vring::queue::AvailChain`]).
-pub type Chain = AvailChain;
-
-/// Reads the device-readable part of a chain (either ring layout): `read`,
-/// `read_exact`, `skip`, `next_slice`, `bytes_read`.
+/// Reads the device-readable part of a chain (either ring layout): `read`, `read_exact`,
+/// `skip`, `next_slice`, `bytes_read`, and typed headers through [`ReadObj`](crate::ReadObj).
 pub type ChainReader<'q> = vring::Reader<'q, Memory, Descriptors<'q, Memory>>;
 
-/// Writes the device-writable part of a chain (either ring layout), counting
-/// the bytes written (`bytes_written`: the used length to give
-/// [`Queue::add_used`]): `write`, `write_all`, `next_slice`.
+/// Writes the device-writable part of a chain (either ring layout), counting the bytes
+/// written (`bytes_written`: the used length to give [`Queue::complete`]): `write`,
+/// `write_all`, `skip`, `next_slice`, and typed headers through
+/// [`WriteObj`](crate::WriteObj).
 pub type ChainWriter<'q> = vring::Writer<'q, Memory, Descriptors<'q, Memory>>;
 
-/// The device side of one virtqueue, split or packed (whichever the session
-/// negotiated), handed to [`Device::process_queue`](super::Device::process_queue)
-/// by the queue's worker.
+/// Ring incarnations: every started ring gets a fresh epoch, so a chain of an earlier
+/// incarnation (the ring was stopped and started again) is told apart.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// What the chains of one ring incarnation share with it.
+#[derive(Debug)]
+struct Anchor {
+    index: u16,
+    epoch: u64,
+    /// Chains dropped without being completed (a device bug: their buffers never return
+    /// to the driver).
+    dropped: AtomicU32,
+}
+
+/// An available chain popped from a [`Queue`]: a token that is completed exactly once, on
+/// the queue that handed it out, with [`Queue::complete`] (now, or later in any order).
 ///
-/// The device pops chains, reads requests with [`reader`](Self::reader),
-/// writes responses with [`writer`](Self::writer) and completes each chain
-/// with [`add_used`](Self::add_used). The worker publishes the used entries
-/// after `process_queue` returns and signals the call eventfd when the driver
-/// asked for it; a device that wants to publish earlier (a long batch) calls
-/// [`publish_used`](Self::publish_used), and the notification is still sent.
+/// The chain holds the guest memory its buffers are in: the memory stays mapped until the
+/// chain is completed or dropped, even if the front-end replaces the memory table
+/// meanwhile. Dropping a chain without completing it is a device bug: its buffers never
+/// return to the driver (the ring keeps counting it in flight) and an error is logged.
+#[derive(Debug)]
+#[must_use = "a chain must be completed with Queue::complete"]
+pub struct Chain {
+    inner: AvailChain,
+    mem: Memory,
+    anchor: Arc<Anchor>,
+    done: bool,
+}
+
+impl Chain {
+    /// The id the used element carries (split: head index; packed: buffer id).
+    pub fn id(&self) -> u16 {
+        self.inner.id()
+    }
+
+    /// The vring index of the queue that handed the chain out.
+    pub fn queue_index(&self) -> u16 {
+        self.anchor.index
+    }
+
+    /// The guest memory the chain's buffers are in (kept mapped while the chain lives).
+    pub fn memory(&self) -> &Memory {
+        &self.mem
+    }
+
+    fn consume(mut self) -> AvailChain {
+        self.done = true;
+        self.inner
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        if !self.done {
+            self.anchor.dropped.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "vhost-backend: queue {}: chain {} dropped without being completed",
+                self.anchor.index,
+                self.inner.id()
+            );
+        }
+    }
+}
+
+/// The readable and writable byte counts of a chain ([`Queue::lengths`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainLengths {
+    /// Bytes the device may read (the driver's request).
+    pub readable: u64,
+    /// Bytes the device may write (room for its response; virtio-blk's status byte is
+    /// the last of them).
+    pub writable: u64,
+}
+
+/// The device side of one virtqueue, split or packed (whichever the session negotiated),
+/// handed to the [`QueueHandler`](crate::QueueHandler) of its ring.
+///
+/// The handler pops chains, reads requests with [`reader`](Self::reader), writes
+/// responses with [`writer`](Self::writer) and completes each chain with
+/// [`complete`](Self::complete), at once or later (from its own completion source). The
+/// runner publishes the used entries after each handler call and signals the call fd
+/// when the driver asked for it.
 #[derive(Debug)]
 pub struct Queue {
-    index: u16,
     ring: DeviceQueue<Memory>,
+    anchor: Arc<Anchor>,
     enabled: Arc<AtomicBool>,
     notify: bool,
-    /// Chains popped so far (the worker's progress check).
+    /// Chains popped so far (the drain loop's progress check).
     pops: u64,
+    /// One bit per chain id handed out and not completed: a driver that offers a chain
+    /// still in flight is caught (guest memory is hostile), and so is a completion the
+    /// queue did not hand out.
+    outstanding: Vec<u64>,
+    in_flight: u32,
     /// Chains recovered from the inflight region, served by `pop` first.
-    recovered: VecDeque<Chain>,
+    recovered: VecDeque<AvailChain>,
+    /// The runner is stopping the ring: `pop` hands out nothing more.
+    stopping: bool,
+    /// An inflight region is attached: popped chains are recorded there.
+    tracked: bool,
 }
 
 impl Queue {
@@ -57,19 +139,29 @@ impl Queue {
         position: RingPosition,
         enabled: Arc<AtomicBool>,
     ) -> Result<Self, RingError> {
+        let ring = DeviceQueue::new(mem, config, position, packed)?;
+        let words = usize::from(ring.size()).div_ceil(64);
         Ok(Queue {
-            index,
-            ring: DeviceQueue::new(mem, config, position, packed)?,
+            ring,
+            anchor: Arc::new(Anchor {
+                index,
+                epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+                dropped: AtomicU32::new(0),
+            }),
             enabled,
             notify: false,
             pops: 0,
+            outstanding: vec![0; words],
+            in_flight: 0,
             recovered: VecDeque::new(),
+            stopping: false,
+            tracked: false,
         })
     }
 
     /// The vring index.
     pub fn index(&self) -> u16 {
-        self.index
+        self.anchor.index
     }
 
     /// Whether this is a packed ring.
@@ -82,9 +174,9 @@ impl Queue {
         self.ring.size()
     }
 
-    /// Whether the ring is enabled (SET_VRING_ENABLE). A started but disabled
-    /// ring is processed without side effects (spec §7.2): e.g. a net device
-    /// drops TX packets and delivers no RX packets.
+    /// Whether the ring is enabled (SET_VRING_ENABLE). A started but disabled ring is
+    /// processed without side effects (spec §7.2): e.g. a net device drops TX packets and
+    /// delivers no RX packets.
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
     }
@@ -94,65 +186,115 @@ impl Queue {
         self.ring.memory()
     }
 
-    /// Takes the next available chain (chains recovered from the inflight
-    /// region first), or `None` when the driver offered nothing new. An error
-    /// means the ring is broken; the worker stops processing it.
-    pub fn pop(&mut self) -> Result<Option<Chain>, RingError> {
-        let chain = match self.recovered.pop_front() {
-            Some(c) => Some(c),
-            None => self.ring.pop()?,
-        };
-        if chain.is_some() {
-            self.pops += 1;
+    /// Whether the runner is stopping the ring (GET_VRING_BASE, a memory change, reset or
+    /// disconnect): [`pop`](Self::pop) hands out nothing more; complete what is in flight.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Chains handed out and not completed yet.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// Whether an inflight region is attached (INFLIGHT_SHMFD): chains in flight when the
+    /// back-end dies are resubmitted by the next one.
+    pub fn is_tracked(&self) -> bool {
+        self.tracked
+    }
+
+    /// Takes the next available chain (chains recovered from the inflight region first),
+    /// or `None` when the driver offered nothing new or the ring is stopping. An error
+    /// means the ring is broken: return it from the handler (the runner stops the ring
+    /// and signals the err fd).
+    pub fn pop(&mut self) -> Result<Option<Chain>, QueueError> {
+        if self.stopping {
+            return Ok(None);
         }
-        Ok(chain)
+        let chain = match self.recovered.pop_front() {
+            Some(c) => c,
+            None => match self.ring.pop()? {
+                Some(c) => c,
+                None => return Ok(None),
+            },
+        };
+        let id = chain.id();
+        if !self.mark(id) {
+            return Err(QueueError::ChainInFlight {
+                queue: self.index(),
+                id,
+            });
+        }
+        self.pops += 1;
+        self.in_flight += 1;
+        Ok(Some(Chain {
+            inner: chain,
+            mem: Arc::clone(self.ring.memory()),
+            anchor: Arc::clone(&self.anchor),
+            done: false,
+        }))
     }
 
-    /// Chains popped so far.
-    pub(crate) fn pops(&self) -> u64 {
-        self.pops
+    /// A reader over the readable part of `chain`.
+    pub fn reader<'q>(&'q self, chain: &Chain) -> ChainReader<'q> {
+        self.ring.reader(&chain.inner)
     }
 
-    /// A reader over the readable part of `chain` (a chain of the other
-    /// layout reads as [`RingError::LayoutMismatch`]).
-    pub fn reader(&self, chain: &Chain) -> Result<ChainReader<'_>, RingError> {
-        Ok(self.ring.reader(chain))
+    /// A writer over the writable part of `chain` (logged in the dirty log when one is
+    /// set).
+    pub fn writer<'q>(&'q self, chain: &Chain) -> ChainWriter<'q> {
+        self.ring.writer(&chain.inner)
     }
 
-    /// A writer over the writable part of `chain` (logged in the dirty log
-    /// when one is set).
-    pub fn writer(&self, chain: &Chain) -> Result<ChainWriter<'_>, RingError> {
-        Ok(self.ring.writer(chain))
+    /// Walks `chain` once and counts its readable and writable bytes (a malformed chain is
+    /// an error: guest memory is hostile).
+    pub fn lengths(&self, chain: &Chain) -> Result<ChainLengths, QueueError> {
+        let mut l = ChainLengths::default();
+        for d in self.ring.descriptors(&chain.inner) {
+            let d = d?;
+            let n = u64::from(d.len);
+            if d.writable {
+                l.writable = l.writable.saturating_add(n);
+            } else {
+                l.readable = l.readable.saturating_add(n);
+            }
+        }
+        Ok(l)
     }
 
-    /// Completes `chain` with `len` bytes written into it (made visible by
-    /// the next publish).
-    pub fn add_used(&mut self, chain: &Chain, len: u32) -> Result<(), RingError> {
-        self.ring.add_used(chain, len)
+    /// Completes `chain` with `len` bytes written into it (made visible by the next
+    /// publish, which the runner does after each handler call). A chain of another queue,
+    /// or of an earlier start of this ring, is refused (and consumed: its buffers belong
+    /// to a ring that is gone).
+    pub fn complete(&mut self, chain: Chain, len: u32) -> Result<(), QueueError> {
+        let (index, epoch) = (chain.anchor.index, chain.anchor.epoch);
+        if index != self.index() {
+            chain.consume();
+            return Err(QueueError::WrongQueue {
+                chain: index,
+                queue: self.index(),
+            });
+        }
+        if epoch != self.anchor.epoch {
+            chain.consume();
+            return Err(QueueError::StaleChain { queue: index });
+        }
+        let inner = chain.consume();
+        if !self.unmark(inner.id()) {
+            return Err(QueueError::NotInFlight {
+                queue: index,
+                id: inner.id(),
+            });
+        }
+        self.in_flight -= 1;
+        self.ring.add_used(&inner, len)?;
+        Ok(())
     }
 
-    /// Makes the added used entries visible now; the worker signals the
-    /// driver afterwards if this (or its own publish) says so.
-    pub fn publish_used(&mut self) {
+    /// Makes the completed chains visible to the driver now (the runner also does it after
+    /// each handler call); the runner signals the driver afterwards if this says so.
+    pub fn publish(&mut self) {
         self.notify |= self.ring.publish_used();
-    }
-
-    /// Publishes and reports (and clears) whether the driver must be
-    /// notified.
-    pub(crate) fn take_notify(&mut self) -> bool {
-        self.publish_used();
-        std::mem::take(&mut self.notify)
-    }
-
-    /// Asks for kicks again; `true` if chains arrived meanwhile (pop again
-    /// before sleeping).
-    pub(crate) fn enable_notifications(&mut self) -> Result<bool, RingError> {
-        self.ring.enable_notifications()
-    }
-
-    /// Asks the driver not to kick while the worker is busy.
-    pub(crate) fn disable_notifications(&mut self) {
-        self.ring.disable_notifications()
     }
 
     /// The position to resume from (GET_VRING_BASE).
@@ -160,22 +302,96 @@ impl Queue {
         self.ring.position()
     }
 
-    /// Switches to new guest memory (the memory table changed); the ring
-    /// areas are translated again. On error the queue keeps its old memory.
+    /// Chains dropped without being completed (device bugs); they stay in flight.
+    pub fn dropped(&self) -> u32 {
+        self.anchor.dropped.load(Ordering::Relaxed)
+    }
+
+    // ---- for the runners ----
+
+    /// Chains popped so far.
+    pub(crate) fn pops(&self) -> u64 {
+        self.pops
+    }
+
+    /// Publishes and reports (and clears) whether the driver must be notified.
+    pub(crate) fn take_notify(&mut self) -> bool {
+        self.publish();
+        std::mem::take(&mut self.notify)
+    }
+
+    /// Asks for kicks again; `true` if chains arrived meanwhile (pop again before
+    /// sleeping).
+    pub(crate) fn enable_notifications(&mut self) -> Result<bool, RingError> {
+        self.ring.enable_notifications()
+    }
+
+    /// Asks the driver not to kick while the handler is busy.
+    pub(crate) fn disable_notifications(&mut self) {
+        self.ring.disable_notifications()
+    }
+
+    /// The runner begins stopping the ring.
+    pub(crate) fn set_stopping(&mut self, stopping: bool) {
+        self.stopping = stopping;
+    }
+
+    /// Whether the ring may stop now: nothing in flight except chains the device dropped.
+    pub(crate) fn quiesced(&self) -> bool {
+        self.in_flight <= self.dropped()
+    }
+
+    /// Switches to new guest memory (the memory table changed); the ring areas are
+    /// translated again. On error the queue keeps its old memory.
     pub(crate) fn set_memory(&mut self, mem: Memory) -> Result<(), RingError> {
         self.ring.set_memory(mem)
     }
 
-    /// Attaches this queue's part of the inflight buffer and queues the
-    /// chains it records as in flight, to be served by `pop` first.
+    /// Attaches this queue's part of the inflight buffer and queues the chains it records
+    /// as in flight, to be served by `pop` first.
     pub(crate) fn attach_inflight(
         &mut self,
         region: vring::memory::SharedRegion,
     ) -> Result<usize, RingError> {
         self.ring.set_inflight(Some(region))?;
+        self.tracked = true;
         let chains = self.ring.recover_inflight()?;
         let n = chains.len();
         self.recovered.extend(chains);
         Ok(n)
+    }
+
+    fn bit(&self, id: u16) -> Option<(usize, u64)> {
+        let id = usize::from(id);
+        let word = id / 64;
+        (word < self.outstanding.len()).then_some((word, 1u64 << (id % 64)))
+    }
+
+    /// Marks `id` outstanding; `false` if it already was (or is out of range).
+    fn mark(&mut self, id: u16) -> bool {
+        let Some((word, bit)) = self.bit(id) else {
+            return false;
+        };
+        match self.outstanding.get_mut(word) {
+            Some(w) if *w & bit == 0 => {
+                *w |= bit;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Clears `id`; `false` if it was not outstanding.
+    fn unmark(&mut self, id: u16) -> bool {
+        let Some((word, bit)) = self.bit(id) else {
+            return false;
+        };
+        match self.outstanding.get_mut(word) {
+            Some(w) if *w & bit != 0 => {
+                *w &= !bit;
+                true
+            }
+            _ => false,
+        }
     }
 }

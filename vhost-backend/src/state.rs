@@ -1,56 +1,64 @@
-//! The binding-independent half of a back-end session, for IO bindings (this crate's
-//! blocking server, `vhost-io-mio`'s event-loop sessions).
+//! The binding-independent half of a back-end session, for the runners (`vhost-io-std`'s
+//! threads, `vhost-io-mio`'s event-loop sessions).
 //!
-//! A binding reads its socket into the [`Connection`] and writes what the connection
-//! wants to send; everything the connection's [`Event`]s ask for is done here, once for
-//! every binding, by [`SessionState::handle`]: device callbacks and answers (config
-//! space, status, reset, MTU, RARP, ...), guest memory mapped from the memory table's
-//! fds, started rings built into [`Queue`]s (addresses, position, features, enabled flag,
-//! inflight buffer), GET_VRING_BASE positions, GET/SET_INFLIGHT_FD.
+//! A runner reads its socket into the [`Connection`] and writes what the connection wants
+//! to send; everything the connection's [`Event`]s ask for is done here, once for every
+//! runner, by [`SessionState::handle`]: device callbacks and answers (config space,
+//! status, reset, MTU, RARP, ...), guest memory mapped from the memory table's fds,
+//! started rings built into [`Queue`]s with their [`QueueHandler`](crate::QueueHandler)s,
+//! GET_VRING_BASE positions, GET/SET_INFLIGHT_FD, the back-end channel.
 //!
-//! What differs between bindings is where a queue runs: the std server hands it to a
-//! worker thread, the mio session keeps it and processes it inline. That part is the
-//! binding's [`Rings`]: `handle` gives it every queue it builds and takes queues back
-//! when rings stop, and tells it when memory or a ring's notifiers change.
-//! [`drain`] is the processing loop both run a queue with.
+//! What differs between runners is where a queue runs: the std runner hands it to a worker
+//! thread, the mio session keeps it and serves it inline. That part is the runner's
+//! [`Rings`]. Operations that must wait until rings are quiesced (GET_VRING_BASE, a memory
+//! change, RESET_DEVICE, disconnect) never block: `handle` asks the rings to stop and keeps
+//! the answer token as a pending operation; the runner calls
+//! [`SessionState::poll_pending`] whenever a ring may have quiesced, and the late answer
+//! goes out then. While an answer is pending the connection processes no further request
+//! (it buffers them), so replies keep the order of requests.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
-use vhost_proto::backend::{Connection, Event, MemoryToken, Refused, RingState};
+use vhost_proto::backend::{
+    AckToken, Connection, Event, MemoryToken, Refused, RingState, RingStopToken,
+};
 use vhost_proto::session::{AddressSpace, ApiError, RingConfig, RingPosition};
 use vhost_proto::wire::{InflightDesc, RegionFd, VringEndian};
 use vring::inflight::RingLayout;
 
+use crate::channel::{BackendChannel, ChannelGate};
+use crate::device::Device;
 use crate::os::eventfd::EventFd;
 use crate::os::mmap::{MappedRegion, MemoryMap, RegionLayout, SharedMapping};
+use crate::queue::{Memory, Queue};
+use crate::served::ServedQueue;
 
-use super::channel::{BackendChannel, ChannelGate};
-use super::device::Device;
-use super::queue::{Memory, Queue};
-
-/// Where a binding runs the queues of one session: the part of event handling that
-/// differs between bindings. Every method gets the session's state (connection, device,
-/// memory) to read from.
+/// Where a runner runs the started rings of one session: the part of event handling that
+/// differs between runners. Nothing here may block: a stop is asked for with
+/// [`begin_stop`](Self::begin_stop) and collected with [`poll_stop`](Self::poll_stop) once
+/// the ring's handler has completed what it holds.
 pub trait Rings<D: Device + ?Sized> {
-    /// Runs `queue`, just built for a started ring (its notifiers are in
-    /// `state.connection()`). The binding tells the device ([`Device::queue_started`])
-    /// when the queue runs, and looks at the ring once (a start needs no kick, spec §7.2).
-    fn start(&mut self, state: &SessionState<D>, queue: Queue);
+    /// Runs `ring`, just built for a started ring (its notifiers are in
+    /// `state.connection()`), and looks at it once (a start needs no kick, spec §7.2).
+    fn run(&mut self, state: &SessionState<D>, ring: ServedQueue);
 
-    /// Stops ring `index` at a quiescent point (between two `process_queue` calls) and
-    /// returns its queue, parked or running; `None` if it has none (never started, or
-    /// lost to a panicking device). The binding tells the device
-    /// ([`Device::queue_stopped`]) if the queue was running.
-    fn stop(&mut self, state: &SessionState<D>, index: u16) -> Option<Queue>;
+    /// Asks ring `index` to stop once its requests are completed
+    /// ([`ServedQueue::begin_stop`]); nothing if it does not run.
+    fn begin_stop(&mut self, index: u16);
 
-    /// The guest memory changed ([`SessionState::memory`]): moves every queue onto it
-    /// ([`SessionState::move_queue`]); a queue whose ring is not in the new memory is
-    /// parked (it keeps its position and is retried on the next change).
-    fn memory_changed(&mut self, state: &SessionState<D>);
+    /// Ring `index` after [`begin_stop`](Self::begin_stop): `Pending` while requests are in
+    /// flight; `Ready(Some)` with the stopped ring once quiesced (the runner no longer
+    /// holds it); `Ready(None)` if it did not run or was lost.
+    fn poll_stop(&mut self, index: u16) -> Poll<Option<ServedQueue>>;
+
+    /// Ring `index` got a new `which` notifier (read it with [`SessionState::notifier`]).
+    fn notifier_changed(&mut self, state: &SessionState<D>, index: u16, which: Notifier);
 
     /// Ring `index` was enabled or disabled (the queue's flag is updated and the device
     /// told already).
@@ -58,17 +66,7 @@ pub trait Rings<D: Device + ?Sized> {
         let _ = (state, index, enabled);
     }
 
-    /// Ring `index` has a new kick fd.
-    fn kick_changed(&mut self, state: &SessionState<D>, index: u16);
-
-    /// Ring `index` has a new call fd.
-    fn call_changed(&mut self, state: &SessionState<D>, index: u16);
-
-    /// Ring `index` has a new err fd.
-    fn err_changed(&mut self, state: &SessionState<D>, index: u16);
-
-    /// An in-band kick of ring `index` (VRING_KICK, IN_BAND_NOTIFICATIONS). Ignored
-    /// unless the binding serves it.
+    /// An in-band kick of ring `index` (VRING_KICK, IN_BAND_NOTIFICATIONS).
     fn ring_kicked(&mut self, state: &SessionState<D>, index: u16) {
         let _ = (state, index);
     }
@@ -92,24 +90,71 @@ struct Inflight {
     desc: InflightDesc,
 }
 
-/// One session's state besides its socket and its running queues: the protocol core,
-/// the device, the guest memory, the rings' enabled flags and the inflight buffer.
+/// An operation waiting for rings to quiesce.
+#[derive(Debug)]
+enum Pending {
+    /// GET_VRING_BASE.
+    Stop { index: u16, answer: RingStopToken },
+    /// SET_VRING_ADDR on a started ring: restart it with the new addresses.
+    Restart { config: RingConfig },
+    /// A new memory map, installed once every ring is quiet.
+    Memory {
+        map: MemoryMap,
+        answer: MemoryAnswer,
+    },
+    /// RESET_DEVICE.
+    Reset { answer: AckToken },
+    /// The session ends.
+    Close,
+}
+
+#[derive(Debug)]
+enum MemoryAnswer {
+    Table(MemoryToken),
+    Removed(AckToken),
+}
+
+/// A pending operation and the rings it waits for.
+#[derive(Debug)]
+struct Waiting {
+    op: Pending,
+    /// Rings asked to stop and not collected yet.
+    stopping: Vec<u16>,
+    /// Rings collected so far.
+    stopped: Vec<ServedQueue>,
+}
+
+/// One session's state besides its socket and its running rings: the protocol core, the
+/// device, the guest memory, the rings' enabled flags, the inflight buffer, the back-end
+/// channel's gate, the stopped rings waiting for their memory, and the operation waiting
+/// for rings to quiesce.
 pub struct SessionState<D: Device + ?Sized> {
     conn: Connection<OwnedFd>,
     device: Arc<D>,
     memory: MemoryMap,
     /// Shared with each ring's queue ([`Queue::is_enabled`]).
     enabled: Box<[Arc<AtomicBool>]>,
+    /// Which rings the runner holds.
+    running: Box<[bool]>,
+    /// Started rings whose areas are not in the current memory: kept with their positions
+    /// and retried on the next memory change.
+    parked: Box<[Option<ServedQueue>]>,
     inflight: Option<Inflight>,
     /// Shared with the back-end channels handed to the device.
     gate: Arc<ChannelGate>,
+    waiting: Option<Waiting>,
+    /// Events that arrived while an operation was pending (handled after it).
+    deferred: VecDeque<Event<OwnedFd>>,
+    closed: bool,
 }
 
 impl<D: Device + ?Sized> std::fmt::Debug for SessionState<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionState")
             .field("memory", &self.memory)
+            .field("running", &self.running)
             .field("inflight", &self.inflight)
+            .field("waiting", &self.waiting)
             .finish_non_exhaustive()
     }
 }
@@ -124,8 +169,13 @@ impl<D: Device + ?Sized> SessionState<D> {
             device,
             memory: MemoryMap::default(),
             enabled: (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect(),
+            running: vec![false; n].into_boxed_slice(),
+            parked: (0..n).map(|_| None).collect(),
             inflight: None,
             gate: Arc::new(ChannelGate::new()),
+            waiting: None,
+            deferred: VecDeque::new(),
+            closed: false,
         }
     }
 
@@ -149,23 +199,19 @@ impl<D: Device + ?Sized> SessionState<D> {
         self.memory.memory()
     }
 
-    /// Moves `queue` onto the current guest memory; `false` (logged) if its ring is not
-    /// in it: the queue keeps its old memory and must be parked.
-    pub fn move_queue(&self, queue: &mut Queue) -> bool {
-        match queue.set_memory(Arc::clone(self.memory())) {
-            Ok(()) => true,
-            Err(e) => {
-                log::warn!(
-                    "vhost-io: queue {} parked: its ring is not in the new memory: {e}",
-                    queue.index()
-                );
-                false
-            }
-        }
+    /// Whether an operation waits for rings to quiesce: call
+    /// [`poll_pending`](Self::poll_pending) when one of them may have.
+    pub fn is_pending(&self) -> bool {
+        self.waiting.is_some()
     }
 
-    /// A duplicate (close-on-exec) of ring `index`'s `which` notifier, owned by the
-    /// caller; `Ok(None)` if the ring has none.
+    /// Whether [`close`](Self::close) has finished: every ring stopped, the device told.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// A duplicate (close-on-exec, non-blocking) of ring `index`'s `which` notifier, owned
+    /// by the caller; `Ok(None)` if the ring has none.
     pub fn notifier(&self, index: u16, which: Notifier) -> io::Result<Option<EventFd>> {
         let fd = self
             .conn
@@ -175,15 +221,44 @@ impl<D: Device + ?Sized> SessionState<D> {
                 Notifier::Call => r.call(),
                 Notifier::Err => r.err(),
             });
-        fd.map(|fd| Ok(EventFd::from_fd(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)))
-            .transpose()
+        fd.map(|fd| {
+            let dup = rustix::io::fcntl_dupfd_cloexec(fd, 0)?;
+            // Never block on a peer's notifier: a full call fd, a kick fd with nothing to
+            // read. (The flag is on the open file description, shared with the peer; the
+            // protocol's eventfds are used non-blocking by every known front-end.)
+            let flags = rustix::fs::fcntl_getfl(&dup)?;
+            rustix::fs::fcntl_setfl(&dup, flags | rustix::fs::OFlags::NONBLOCK)?;
+            Ok(EventFd::from_fd(dup))
+        })
+        .transpose()
     }
 
-    /// Acts on one event of the connection: calls the device, maps memory, builds or
-    /// stops queues through `rings`, and queues the answer. `ConnectionLost` is the
-    /// binding's to handle before (it is dropped here).
+    /// Acts on one event of the connection: calls the device, maps memory, builds or stops
+    /// rings through `rings`, and queues the answer (now, or when the rings it waits for
+    /// have quiesced). `ConnectionLost` is the runner's to handle before (it is dropped
+    /// here).
     pub fn handle<R: Rings<D> + ?Sized>(&mut self, event: Event<OwnedFd>, rings: &mut R) {
-        let r = match event {
+        if self.waiting.is_some() {
+            self.deferred.push_back(event);
+            return;
+        }
+        let r = self.dispatch(event, rings);
+        self.sync_gate();
+        if let Err(e) = r {
+            // Our answers follow the tokens the connection handed out; a failure here is
+            // a bug in the runtime, not the peer's doing.
+            log::error!("vhost-backend: answering the session failed: {e}");
+        }
+        // A stop of rings that were not running completes at once.
+        self.poll_pending(rings);
+    }
+
+    fn dispatch<R: Rings<D> + ?Sized>(
+        &mut self,
+        event: Event<OwnedFd>,
+        rings: &mut R,
+    ) -> Result<(), ApiError> {
+        match event {
             Event::FeaturesSet { features } => {
                 // Without PROTOCOL_FEATURES every ring is enabled (spec §7.2).
                 self.sync_enabled();
@@ -195,53 +270,78 @@ impl<D: Device + ?Sized> SessionState<D> {
                 Ok(())
             }
             Event::MemoryTable { regions, answer } => {
-                let result =
-                    map_regions(regions).and_then(|r| MemoryMap::new(r).map_err(mapping_failed));
-                self.memory_answer(answer, result, rings)
+                if answer.postcopy() {
+                    return self.conn.answer_memory_postcopy(
+                        answer,
+                        Err(Refused::because("postcopy is not supported")),
+                    );
+                }
+                match map_regions(regions).and_then(|r| MemoryMap::new(r).map_err(mapping_failed)) {
+                    Ok(map) => {
+                        self.begin(
+                            Pending::Memory {
+                                map,
+                                answer: MemoryAnswer::Table(answer),
+                            },
+                            rings,
+                        );
+                        Ok(())
+                    }
+                    Err(r) => self.conn.answer_memory(answer, Err(r)),
+                }
             }
             Event::MemoryRegionAdded { region, answer } => {
-                let result = map_regions(vec![region])
+                if answer.postcopy() {
+                    return self.conn.answer_memory_postcopy(
+                        answer,
+                        Err(Refused::because("postcopy is not supported")),
+                    );
+                }
+                let map = map_regions(vec![region])
                     .and_then(|mut r| r.pop().ok_or(Refused::because("no region")))
                     .and_then(|r| self.memory.with_region(r).map_err(mapping_failed));
-                self.memory_answer(answer, result, rings)
+                match map {
+                    Ok(map) => {
+                        self.begin(
+                            Pending::Memory {
+                                map,
+                                answer: MemoryAnswer::Table(answer),
+                            },
+                            rings,
+                        );
+                        Ok(())
+                    }
+                    Err(r) => self.conn.answer_memory(answer, Err(r)),
+                }
             }
             Event::MemoryRegionRemoved { region, answer } => {
-                let result = self
+                match self
                     .memory
                     .without_region(region.guest_phys_addr, region.memory_size)
-                    .map_err(mapping_failed)
-                    .map(|(map, _removed)| self.set_memory(map, rings));
-                self.conn.ack(answer, result)
+                {
+                    Ok((map, _removed)) => {
+                        self.begin(
+                            Pending::Memory {
+                                map,
+                                answer: MemoryAnswer::Removed(answer),
+                            },
+                            rings,
+                        );
+                        Ok(())
+                    }
+                    Err(e) => self.conn.ack(answer, Err(mapping_failed(e))),
+                }
             }
             Event::RingStarted { config } => {
                 self.start_ring(&config, rings);
                 Ok(())
             }
             Event::RingStopped { index, answer } => {
-                let position = match rings.stop(self, index) {
-                    Some(q) => to_proto_position(q.position()),
-                    None => {
-                        let packed = self.conn.negotiated().packed();
-                        self.conn
-                            .ring(index)
-                            .map(|r| RingPosition::from_base(r.base(), packed))
-                            .unwrap_or_default()
-                    }
-                };
-                // The ring is stopped: a new SET_VRING_CALL comes before it restarts
-                // (libvhost-user drops the old notifiers here too).
-                self.conn.answer_ring_stopped(answer, position)
+                self.begin(Pending::Stop { index, answer }, rings);
+                Ok(())
             }
             Event::RingConfigChanged { config } => {
-                // Restart at the current position with the new addresses.
-                let position = rings
-                    .stop(self, config.index)
-                    .map(|q| to_proto_position(q.position()));
-                let config = RingConfig {
-                    position: position.unwrap_or(config.position),
-                    ..config
-                };
-                self.start_ring(&config, rings);
+                self.begin(Pending::Restart { config }, rings);
                 Ok(())
             }
             Event::RingEnabled { index, enabled } => {
@@ -253,15 +353,15 @@ impl<D: Device + ?Sized> SessionState<D> {
                 Ok(())
             }
             Event::KickChanged { index } => {
-                rings.kick_changed(self, index);
+                rings.notifier_changed(self, index, Notifier::Kick);
                 Ok(())
             }
             Event::CallChanged { index } => {
-                rings.call_changed(self, index);
+                rings.notifier_changed(self, index, Notifier::Call);
                 Ok(())
             }
             Event::ErrChanged { index } => {
-                rings.err_changed(self, index);
+                rings.notifier_changed(self, index, Notifier::Err);
                 Ok(())
             }
             Event::RingKicked { index } => {
@@ -294,11 +394,8 @@ impl<D: Device + ?Sized> SessionState<D> {
                 self.conn.ack(answer, r)
             }
             Event::Reset { answer } => {
-                self.stop_all(rings);
-                self.inflight = None;
-                self.sync_enabled();
-                self.device.reset();
-                self.conn.ack(answer, Ok(()))
+                self.begin(Pending::Reset { answer }, rings);
+                Ok(())
             }
             Event::SendRarp { mac, answer } => {
                 let r = self.device.send_rarp(mac);
@@ -329,17 +426,213 @@ impl<D: Device + ?Sized> SessionState<D> {
                 self.conn.ack(answer, r)
             }
             Event::Rejected { rejection } => {
-                log::info!("vhost-io: request refused: {rejection}");
+                log::info!("vhost-backend: request refused: {rejection}");
                 Ok(())
             }
             other => self.conn.refuse(other),
-        };
-        self.sync_gate();
-        if let Err(e) = r {
-            // Our answers follow the tokens the connection handed out; a failure here is
-            // a bug in the binding, not the peer's doing.
-            log::error!("vhost-io: answering the session failed: {e}");
         }
+    }
+
+    /// Ends the session: every ring is asked to stop; once they have quiesced (see
+    /// [`poll_pending`](Self::poll_pending) and [`is_closed`](Self::is_closed)) the
+    /// device's channels are suspended and the device is told the front-end is gone. An
+    /// operation still pending is dropped (its answer can no longer be sent).
+    pub fn close<R: Rings<D> + ?Sized>(&mut self, rings: &mut R) {
+        if self.closed
+            || matches!(
+                self.waiting,
+                Some(Waiting {
+                    op: Pending::Close,
+                    ..
+                })
+            )
+        {
+            return;
+        }
+        let collected = self.waiting.take().map(|w| w.stopped).unwrap_or_default();
+        self.deferred.clear();
+        self.begin(Pending::Close, rings);
+        if let Some(w) = self.waiting.as_mut() {
+            w.stopped.extend(collected);
+        }
+        self.poll_pending(rings);
+    }
+
+    /// Starts `op`: asks every ring it needs stopped to stop.
+    fn begin<R: Rings<D> + ?Sized>(&mut self, op: Pending, rings: &mut R) {
+        let stopping: Vec<u16> = match &op {
+            Pending::Stop { index, .. } => vec![*index],
+            Pending::Restart { config } => vec![config.index],
+            Pending::Memory { .. } | Pending::Reset { .. } | Pending::Close => {
+                (0..self.running.len())
+                    .filter_map(|i| u16::try_from(i).ok())
+                    .collect()
+            }
+        };
+        let stopping: Vec<u16> = stopping
+            .into_iter()
+            .filter(|&i| self.running.get(usize::from(i)).copied().unwrap_or(false))
+            .collect();
+        for &i in &stopping {
+            rings.begin_stop(i);
+        }
+        self.waiting = Some(Waiting {
+            op,
+            stopping,
+            stopped: Vec::new(),
+        });
+    }
+
+    /// Collects the rings the pending operation waits for; once all have quiesced,
+    /// finishes it (sends the late answer) and handles the events deferred meanwhile.
+    /// Returns whether nothing is pending any more. Call it whenever a ring may have
+    /// quiesced (a handler completed chains, a worker reported its stop).
+    pub fn poll_pending<R: Rings<D> + ?Sized>(&mut self, rings: &mut R) -> bool {
+        loop {
+            let Some(w) = self.waiting.as_mut() else {
+                return true;
+            };
+            let mut i = 0;
+            while let Some(&index) = w.stopping.get(i) {
+                match rings.poll_stop(index) {
+                    Poll::Pending => i += 1,
+                    Poll::Ready(q) => {
+                        w.stopping.swap_remove(i);
+                        if let Some(flag) = self.running.get_mut(usize::from(index)) {
+                            *flag = false;
+                        }
+                        w.stopped.extend(q);
+                    }
+                }
+            }
+            if !w.stopping.is_empty() {
+                return false;
+            }
+            let Some(w) = self.waiting.take() else {
+                return true;
+            };
+            if let Err(e) = self.finish(w.op, w.stopped, rings) {
+                log::error!("vhost-backend: answering the session failed: {e}");
+            }
+            self.sync_gate();
+            // Events that came meanwhile (never requests: the connection waits for the
+            // answer; only what it queued before) are handled now.
+            while self.waiting.is_none() {
+                let Some(event) = self.deferred.pop_front() else {
+                    break;
+                };
+                let r = self.dispatch(event, rings);
+                if let Err(e) = r {
+                    log::error!("vhost-backend: answering the session failed: {e}");
+                }
+                self.sync_gate();
+            }
+            if self.waiting.is_none() {
+                return true;
+            }
+        }
+    }
+
+    fn finish<R: Rings<D> + ?Sized>(
+        &mut self,
+        op: Pending,
+        stopped: Vec<ServedQueue>,
+        rings: &mut R,
+    ) -> Result<(), ApiError> {
+        match op {
+            Pending::Stop { index, answer } => {
+                let q = stopped.into_iter().next().or_else(|| {
+                    self.parked
+                        .get_mut(usize::from(index))
+                        .and_then(Option::take)
+                });
+                let position = match q {
+                    Some(q) => to_proto_position(q.queue().position()),
+                    None => {
+                        let packed = self.conn.negotiated().packed();
+                        self.conn
+                            .ring(index)
+                            .map(|r| RingPosition::from_base(r.base(), packed))
+                            .unwrap_or_default()
+                    }
+                };
+                // The ring is stopped: a new SET_VRING_CALL comes before it restarts
+                // (libvhost-user drops the old notifiers here too).
+                self.conn.answer_ring_stopped(answer, position)
+            }
+            Pending::Restart { config } => {
+                let index = config.index;
+                let old = stopped.into_iter().next().or_else(|| {
+                    self.parked
+                        .get_mut(usize::from(index))
+                        .and_then(Option::take)
+                });
+                // Restart at the current position with the new addresses.
+                let config = RingConfig {
+                    position: old
+                        .map(|q| to_proto_position(q.queue().position()))
+                        .unwrap_or(config.position),
+                    ..config
+                };
+                self.start_ring(&config, rings);
+                Ok(())
+            }
+            Pending::Memory { map, answer } => {
+                self.memory = map;
+                let parked: Vec<ServedQueue> =
+                    self.parked.iter_mut().filter_map(Option::take).collect();
+                for mut q in stopped.into_iter().chain(parked) {
+                    if self.move_queue(&mut q) {
+                        q.resume();
+                        q.memory_changed();
+                        self.run(q, rings);
+                    } else {
+                        self.park(q);
+                    }
+                }
+                match answer {
+                    MemoryAnswer::Table(t) => self.conn.answer_memory(t, Ok(())),
+                    MemoryAnswer::Removed(t) => self.conn.ack(t, Ok(())),
+                }
+            }
+            Pending::Reset { answer } => {
+                drop(stopped);
+                self.parked.iter_mut().for_each(|p| *p = None);
+                self.inflight = None;
+                self.sync_enabled();
+                self.device.reset();
+                self.conn.ack(answer, Ok(()))
+            }
+            Pending::Close => {
+                drop(stopped);
+                self.parked.iter_mut().for_each(|p| *p = None);
+                self.gate.set_suspended(true);
+                self.closed = true;
+                self.device.disconnected();
+                Ok(())
+            }
+        }
+    }
+
+    fn run<R: Rings<D> + ?Sized>(&mut self, q: ServedQueue, rings: &mut R) {
+        if let Some(flag) = self.running.get_mut(usize::from(q.index())) {
+            *flag = true;
+        }
+        rings.run(self, q);
+    }
+
+    fn park(&mut self, q: ServedQueue) {
+        let index = usize::from(q.index());
+        log::warn!("vhost-backend: queue {index} parked: its ring is not in the new memory");
+        if let Some(slot) = self.parked.get_mut(index) {
+            *slot = Some(q);
+        }
+    }
+
+    /// Moves a stopped ring onto the current guest memory; `false` if its ring is not in
+    /// it (the queue keeps its old memory and must be parked).
+    fn move_queue(&self, q: &mut ServedQueue) -> bool {
+        q.queue_mut().set_memory(Arc::clone(self.memory())).is_ok()
     }
 
     /// Channels the device holds follow the session: its negotiation, and the suspended
@@ -347,45 +640,8 @@ impl<D: Device + ?Sized> SessionState<D> {
     /// session leaves that rule to the runtime).
     fn sync_gate(&self) {
         self.gate.set_negotiated(*self.conn.negotiated());
-        self.gate.set_suspended(self.conn.is_suspended());
-    }
-
-    /// Ends the session: every ring stopped, the device's channels suspended, the device
-    /// told that the front-end is gone.
-    pub fn shutdown<R: Rings<D> + ?Sized>(&mut self, rings: &mut R) {
-        self.stop_all(rings);
-        self.gate.set_suspended(true);
-        self.device.disconnected();
-    }
-
-    /// Stops every ring (their queues are dropped).
-    pub fn stop_all<R: Rings<D> + ?Sized>(&mut self, rings: &mut R) {
-        for i in 0..self.enabled.len() {
-            if let Ok(index) = u16::try_from(i) {
-                drop(rings.stop(self, index));
-            }
-        }
-    }
-
-    fn memory_answer<R: Rings<D> + ?Sized>(
-        &mut self,
-        answer: MemoryToken,
-        result: Result<MemoryMap, Refused>,
-        rings: &mut R,
-    ) -> Result<(), ApiError> {
-        if answer.postcopy() {
-            return self.conn.answer_memory_postcopy(
-                answer,
-                Err(Refused::because("postcopy is not supported")),
-            );
-        }
-        let result = result.map(|map| self.set_memory(map, rings));
-        self.conn.answer_memory(answer, result)
-    }
-
-    fn set_memory<R: Rings<D> + ?Sized>(&mut self, map: MemoryMap, rings: &mut R) {
-        self.memory = map;
-        rings.memory_changed(self);
+        self.gate
+            .set_suspended(self.closed || self.conn.is_suspended());
     }
 
     fn sync_enabled(&mut self) {
@@ -398,15 +654,27 @@ impl<D: Device + ?Sized> SessionState<D> {
         }
     }
 
-    /// Builds ring `config.index`'s queue (stopping the one it had) and hands it to
-    /// `rings`; a ring that cannot run here is logged and left stopped.
+    /// Builds ring `config.index`'s queue and handler and hands them to `rings`; a ring
+    /// that cannot run here is refused (logged and left stopped).
     fn start_ring<R: Rings<D> + ?Sized>(&mut self, config: &RingConfig, rings: &mut R) {
         let index = config.index;
-        drop(rings.stop(self, index));
-        match self.build_queue(config) {
-            Ok(queue) => rings.start(self, queue),
-            Err(why) => log::error!("vhost-io: queue {index} cannot start: {why}"),
+        if let Some(p) = self.parked.get_mut(usize::from(index)) {
+            *p = None;
         }
+        match self.build(config) {
+            Ok(q) => self.run(q, rings),
+            Err(why) => log::error!("vhost-backend: queue {index} cannot start: {why}"),
+        }
+    }
+
+    fn build(&self, config: &RingConfig) -> Result<ServedQueue, String> {
+        let queue = self.build_queue(config)?;
+        let handler = self
+            .device
+            .clone()
+            .start_queue(&queue)
+            .map_err(|r| r.reason.unwrap_or("refused by the device").to_string())?;
+        Ok(ServedQueue::new(queue, handler))
     }
 
     fn build_queue(&self, config: &RingConfig) -> Result<Queue, String> {
@@ -465,8 +733,10 @@ impl<D: Device + ?Sized> SessionState<D> {
             .and_then(|r| queue.attach_inflight(r));
             match attached {
                 Ok(0) => {}
-                Ok(n) => log::info!("vhost-io: queue {index}: resubmitting {n} inflight requests"),
-                Err(e) => log::warn!("vhost-io: queue {index}: inflight tracking off: {e}"),
+                Ok(n) => {
+                    log::info!("vhost-backend: queue {index}: resubmitting {n} inflight requests")
+                }
+                Err(e) => log::warn!("vhost-backend: queue {index}: inflight tracking off: {e}"),
             }
         }
         Ok(queue)
@@ -486,63 +756,11 @@ impl<D: Device + ?Sized> SessionState<D> {
                 Ok(())
             }
             Err(e) => {
-                log::warn!("vhost-io: SET_INFLIGHT_FD refused: {e}");
+                log::warn!("vhost-backend: SET_INFLIGHT_FD refused: {e}");
                 Err(Refused::because("cannot map the inflight buffer"))
             }
         }
     }
-}
-
-/// How [`drain`] ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drained {
-    /// No work left: the ring waits for its next kick (kicks are enabled).
-    Idle,
-    /// The round limit was reached with work left: come back to it (kicks are enabled,
-    /// but the driver may not kick again for chains it already published).
-    Busy,
-}
-
-/// Lets the device drain `queue` with kicks suppressed meanwhile, then re-enables them and
-/// re-checks (virtqueue spec §2.9), the way every binding runs a queue after a wakeup.
-///
-/// `process` is one call of the device's `process_queue`; after each, `notify` is called
-/// if the used entries published call for a notification. A round is a pass with kicks
-/// suppressed; it is repeated while the device makes progress, at most `max_rounds`
-/// times. A pass that takes nothing while chains are there is followed by one more with
-/// kicks enabled: the chains may have come after the device's last pop from a driver that
-/// saw kicks suppressed and did not kick (no lost wakeup), and a device that leaves
-/// chains on purpose (an RX queue without packets) is called once more, not spun.
-pub fn drain<E: From<vring::Error>>(
-    queue: &mut Queue,
-    max_rounds: usize,
-    mut process: impl FnMut(&mut Queue) -> Result<(), E>,
-    mut notify: impl FnMut(),
-) -> Result<Drained, E> {
-    let mut pass = |queue: &mut Queue| -> Result<(), E> {
-        process(queue)?;
-        if queue.take_notify() {
-            notify();
-        }
-        Ok(())
-    };
-    for _ in 0..max_rounds {
-        queue.disable_notifications();
-        let before = queue.pops();
-        pass(queue)?;
-        if !queue.enable_notifications()? {
-            return Ok(Drained::Idle);
-        }
-        if queue.pops() == before {
-            // Chains are there but this pass took none: look once more, kicks
-            // enabled (see above).
-            pass(queue)?;
-            if queue.pops() == before {
-                return Ok(Drained::Idle);
-            }
-        }
-    }
-    Ok(Drained::Busy)
 }
 
 fn to_proto_position(p: vring::RingPosition) -> RingPosition {
@@ -555,7 +773,7 @@ fn to_proto_position(p: vring::RingPosition) -> RingPosition {
 }
 
 fn mapping_failed(e: crate::OsError) -> Refused {
-    log::warn!("vhost-io: memory update refused: {e}");
+    log::warn!("vhost-backend: memory update refused: {e}");
     Refused::because("mapping guest memory failed")
 }
 
@@ -592,7 +810,7 @@ fn new_inflight(
     match crate::os::memfd::create_sealed("vhost-inflight", size) {
         Ok(fd) => Ok((size, 0, fd)),
         Err(e) => {
-            log::warn!("vhost-io: cannot allocate the inflight buffer: {e}");
+            log::warn!("vhost-backend: cannot allocate the inflight buffer: {e}");
             Err(Refused::because("cannot allocate the inflight buffer"))
         }
     }

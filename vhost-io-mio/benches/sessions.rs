@@ -221,8 +221,11 @@ impl vhost_backend::Device for SharedEcho {
     fn description(&self) -> vhost_proto::backend::DeviceDescription {
         self.0.description()
     }
-    fn process_queue(&self, q: &mut vhost_backend::Queue) -> Result<(), vring::Error> {
-        self.0.process_queue(q)
+    fn start_queue(
+        self: Arc<Self>,
+        q: &vhost_backend::Queue,
+    ) -> Result<Box<dyn vhost_backend::QueueHandler>, vhost_proto::backend::Refused> {
+        Arc::clone(&self.0).start_queue(q)
     }
 }
 

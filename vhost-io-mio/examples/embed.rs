@@ -14,7 +14,7 @@ use std::sync::Arc;
 use mio::unix::pipe;
 use mio::{Events, Interest, Poll, Token};
 use vhost_backend::echo::Echo;
-use vhost_io_mio::{Listener, Session, Status};
+use vhost_io_mio::{Listener, MAX_TOKEN_SPAN, Session, Status};
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 use vring::memory::GuestSlice;
@@ -67,19 +67,20 @@ fn main() -> Result<(), Box<dyn Error>> {
                             sessions.push(None);
                             sessions.len() - 1
                         });
-                        let token = Token(FIRST_SESSION + slot);
+                        // Each session uses the tokens after its own for its rings.
+                        let token = Token(FIRST_SESSION + slot * MAX_TOKEN_SPAN);
                         poll.registry()
                             .register(&mut s, token, Interest::READABLE)?;
                         sessions[slot] = Some(s);
                         println!("session {slot}: connected");
                     }
                 }
-                Token(t) => {
-                    let slot = t - FIRST_SESSION;
+                token @ Token(t) => {
+                    let slot = (t - FIRST_SESSION) / MAX_TOKEN_SPAN;
                     let Some(Some(session)) = sessions.get_mut(slot) else {
                         continue;
                     };
-                    match session.ready(poll.registry()) {
+                    match session.ready(poll.registry(), token) {
                         Ok(Status::Open) => {}
                         Ok(Status::Closed) => {
                             println!("session {slot}: front-end hung up");

@@ -7,7 +7,8 @@
 //!   the first byte, partial writes resumed on the writable edge), answers the protocol
 //!   core's events with a [`Device`](vhost_backend::Device) of `vhost-backend`
 //!   (the same trait the std runner serves: every device runs on both), and processes kicked rings
-//!   inline: the kick fds of its started rings are registered under the session's token.
+//!   inline: the kick fd of each started ring, and each source of its handler, is registered
+//!   under a token of its own that follows the session's.
 //! - [`Listener`]: a listening socket as a source; accepts connections as sessions.
 //! - [`Server`]: a ready-made loop for users without one: a listener and/or sockets handed
 //!   over with [`Handle::add`], any number of sessions in one thread.
@@ -31,7 +32,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use mio::{Events, Interest, Poll, Token};
-//! use vhost_io_mio::{Listener, Session, Status};
+//! use vhost_io_mio::{Listener, MAX_TOKEN_SPAN, Session, Status};
 //! use vhost_backend::echo::Echo;
 //!
 //! let mut poll = Poll::new()?;
@@ -46,15 +47,16 @@
 //!         match event.token() {
 //!             Token(0) => {
 //!                 while let Some(mut s) = listener.accept_session(Arc::clone(&device))? {
-//!                     let token = Token(1 + sessions.len());
+//!                     // A session's rings use the tokens after its own.
+//!                     let token = Token(1 + sessions.len() * MAX_TOKEN_SPAN);
 //!                     poll.registry().register(&mut s, token, Interest::READABLE)?;
 //!                     sessions.push(Some(s));
 //!                 }
 //!             }
-//!             Token(n) => {
-//!                 let Some(slot) = sessions.get_mut(n - 1) else { continue };
+//!             token @ Token(n) => {
+//!                 let Some(slot) = sessions.get_mut((n - 1) / MAX_TOKEN_SPAN) else { continue };
 //!                 if let Some(s) = slot {
-//!                     if !matches!(s.ready(poll.registry()), Ok(Status::Open)) {
+//!                     if !matches!(s.ready(poll.registry(), token), Ok(Status::Open)) {
 //!                         *slot = None; // closed and deregistered
 //!                     }
 //!                 }
@@ -75,4 +77,4 @@ mod session;
 pub use error::Error;
 pub use listener::Listener;
 pub use server::{Handle, Server, ServerHandle};
-pub use session::{Session, Status};
+pub use session::{MAX_TOKEN_SPAN, Session, Status};

@@ -11,6 +11,7 @@ use std::time::Duration;
 use mio::{Events, Interest, Poll, Token, Waker};
 use vhost_backend::Device;
 
+use crate::session::MAX_TOKEN_SPAN;
 use crate::session::Status;
 use crate::{Error, Listener, Session};
 
@@ -153,7 +154,7 @@ impl<D: Device + ?Sized> Server<D> {
 
     /// The session registered under `token`.
     pub fn session(&self, token: Token) -> Option<&Session<D>> {
-        self.sessions.get(token.0)?.as_deref()
+        self.sessions.get(token.0 / MAX_TOKEN_SPAN)?.as_deref()
     }
 
     /// Serves until [`Handle::stop`]; every session is then closed.
@@ -186,7 +187,8 @@ impl<D: Device + ?Sized> Server<D> {
         if self.accept_backoff {
             self.tokens.push(LISTENER);
         }
-        self.tokens.extend(self.polled.iter().map(|&s| Token(s)));
+        self.tokens
+            .extend(self.polled.iter().map(|&s| Token(s * MAX_TOKEN_SPAN)));
         for i in 0..self.tokens.len() {
             let Some(&token) = self.tokens.get(i) else {
                 break;
@@ -194,7 +196,7 @@ impl<D: Device + ?Sized> Server<D> {
             match token {
                 WAKER => self.take_incoming(),
                 LISTENER => self.accept_all(),
-                Token(slot) => self.serve(slot),
+                token => self.serve(token),
             }
         }
         Ok(())
@@ -221,7 +223,8 @@ impl<D: Device + ?Sized> Server<D> {
                 self.sessions.len() - 1
             }
         };
-        let token = Token(slot);
+        // Each session's rings use the tokens after its own.
+        let token = Token(slot * MAX_TOKEN_SPAN);
         let mut session = Box::new(session);
         if let Err(e) = self
             .poll
@@ -241,12 +244,13 @@ impl<D: Device + ?Sized> Server<D> {
         Ok(token)
     }
 
-    fn serve(&mut self, slot: usize) {
+    fn serve(&mut self, token: Token) {
+        let slot = token.0 / MAX_TOKEN_SPAN;
         let registry = self.poll.registry();
         let Some(Some(session)) = self.sessions.get_mut(slot) else {
             return; // a stale event of a session closed earlier in this batch
         };
-        let result = session.ready(registry);
+        let result = session.ready(registry, token);
         let wants_polling = session.wants_polling();
         let ended = match result {
             Ok(Status::Open) => false,

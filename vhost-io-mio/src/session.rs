@@ -6,7 +6,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use mio::net::UnixStream;
-use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use vhost_backend::os::socket::{recv_with_fds, send_with_fds};
 use vhost_backend::state::SessionState;
@@ -14,7 +13,7 @@ use vhost_backend::{Device, Framer};
 use vhost_proto::backend::{Connection, Event, Transmit};
 
 use crate::Error;
-use crate::rings::{Inline, Ring, notifiers};
+use crate::rings::{Inline, Ring, SLOTS, token_slot};
 
 /// Bytes read per `recvmsg`, on the stack of the call (no per-session buffer): the largest
 /// request fits, and several small pipelined ones.
@@ -24,6 +23,10 @@ const READ_BUF: usize = 8192;
 /// that never stops sending must not starve them. The socket is re-armed (`EPOLL_CTL_MOD`
 /// reports it again while it is readable), so nothing is lost.
 const READ_BUDGET: usize = 32;
+
+/// The most tokens a session uses ([`Session::token_span`] for a device with the most
+/// queues, 256): space session tokens this far apart to fit any device.
+pub const MAX_TOKEN_SPAN: usize = 1 + vhost_proto::backend::MAX_QUEUES as usize * SLOTS;
 
 /// Whether a session goes on after [`Session::ready`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,13 +47,16 @@ struct Outgoing {
 
 /// One front-end connection served in the caller's event loop.
 ///
-/// Register it in your `mio::Poll` with a token of yours ([`mio::Registry::register`]); call
-/// [`ready`](Self::ready) whenever an event carries that token. The session registers the
-/// kick fds of its started rings (and the device's [`Device::queue_wakeup`] fds) itself,
-/// **under the same token**, so one token per session is all the caller manages. Everything
-/// is edge-triggered and non-blocking: `ready` reads until `WouldBlock`, writes until the
-/// socket is full (the rest waits for the writable edge, with fds on the first byte),
-/// consumes every signalled kick and lets the device process those rings, in this thread.
+/// Register it in your `mio::Poll` with a token of yours ([`mio::Registry::register`]): the
+/// session uses that token for its socket and the [`token_span`](Self::token_span) tokens
+/// that follow it for its rings (each ring's kick fd and each of its handler's
+/// [`Source`](vhost_backend::Source)s has a token of its own, so a kick touches only its
+/// ring); give sessions tokens at least [`MAX_TOKEN_SPAN`] apart (or `token_span()` for
+/// this device). Call [`ready`](Self::ready) with every event whose token is in the
+/// session's span ([`owns`](Self::owns)). Everything is edge-triggered and non-blocking:
+/// `ready` reads until `WouldBlock`, writes until the socket is full (the rest waits for
+/// the writable edge, with fds on the first byte), reads a kicked ring's kick fd once and
+/// lets its handler serve it, in this thread.
 ///
 /// Interests passed to `register` are ignored: the session needs readable and writable
 /// edges of its socket and readable edges of its kick fds.
@@ -69,6 +75,8 @@ pub struct Session<D: Device + ?Sized> {
     out: Option<Outgoing>,
     rings: Box<[Ring]>,
     token: Option<Token>,
+    /// The front-end is gone; rings are quiescing.
+    closing: bool,
     closed: bool,
 }
 
@@ -98,6 +106,7 @@ impl<D: Device + ?Sized> Session<D> {
             out: None,
             rings,
             token: None,
+            closing: false,
             closed: false,
         }
     }
@@ -132,23 +141,62 @@ impl<D: Device + ?Sized> Session<D> {
         self.closed
     }
 
-    /// Serves whatever the session's event announced: reads and processes requests until
-    /// the socket would block, writes replies, handles the device's side of each request,
-    /// and processes every kicked ring. Call it for each event with the session's token
-    /// (extra calls are harmless: a few `EAGAIN`s).
+    /// The tokens this session uses, from the one it is registered under: its socket and
+    /// [`SLOTS`](crate::rings) per ring.
+    pub fn token_span(&self) -> usize {
+        1 + self.rings.len() * SLOTS
+    }
+
+    /// Whether `token` is one of this session's (it is registered).
+    pub fn owns(&self, token: Token) -> bool {
+        self.token.is_some_and(|base| {
+            token
+                .0
+                .checked_sub(base.0)
+                .is_some_and(|o| o < self.token_span())
+        })
+    }
+
+    /// Serves whatever the event with `token` announced: for the session's own token,
+    /// reads and processes requests until the socket would block, writes replies and
+    /// handles the device's side of each request; for a ring's token, reads its kick once
+    /// and lets its handler serve it, or passes a handler source's readiness on. Extra
+    /// calls are harmless (a few `EAGAIN`s).
     ///
     /// `Ok(Status::Closed)` when the front-end hung up; an error when the connection failed
     /// (the front-end broke the protocol, or a system call failed). Either way the session
     /// is closed and deregistered from `registry`: drop it. The one exception is
     /// [`Error::NotRegistered`]: register the session, then call again.
-    pub fn ready(&mut self, registry: &Registry) -> Result<Status, Error> {
+    pub fn ready(&mut self, registry: &Registry, token: Token) -> Result<Status, Error> {
         if self.closed {
             return Ok(Status::Closed);
         }
-        if self.token.is_none() {
+        let Some(base) = self.token else {
             return Err(Error::NotRegistered);
+        };
+        if self.state.is_closed() || self.closing {
+            return Ok(self.finish_close(registry));
         }
-        let r = match self.drive(registry) {
+        if let Some((i, slot)) = token_slot(base, self.rings.len(), token) {
+            let mut rings = Inline::new(&mut self.rings, Some(registry), self.token);
+            rings.ready(i, slot);
+            if self.state.is_pending() && self.state.poll_pending(&mut rings) {
+                // The late answer is queued: send it and go on with buffered requests.
+                return self.after(registry, |s, r| s.drive(r));
+            }
+            return Ok(Status::Open);
+        }
+        self.after(registry, |s, r| s.drive(r))
+    }
+
+    /// Runs `f`, turning a hang-up into `Closed` and closing the session on anything but
+    /// `Open`.
+    fn after(
+        &mut self,
+        registry: &Registry,
+        f: impl FnOnce(&mut Self, &Registry) -> Result<Status, Error>,
+    ) -> Result<Status, Error> {
+        let r = match f(self, registry) {
             // The front-end hung up while we still had replies for it: a disconnect.
             Err(Error::Io { source, .. })
                 if matches!(
@@ -160,16 +208,40 @@ impl<D: Device + ?Sized> Session<D> {
             }
             r => r,
         };
-        if !matches!(r, Ok(Status::Open)) {
-            self.shutdown(Some(registry));
+        match r {
+            Ok(Status::Open) => Ok(Status::Open),
+            Ok(Status::Closed) => {
+                self.begin_close(Some(registry));
+                Ok(self.finish_close(registry))
+            }
+            Err(e) => {
+                self.begin_close(Some(registry));
+                self.finish_close(registry);
+                Err(e)
+            }
         }
-        r
+    }
+
+    /// Whether every ring has quiesced after the front-end left; `Closed` once they have
+    /// (the session is then deregistered), `Open` while handlers still complete requests
+    /// (their sources keep their tokens: keep calling `ready`).
+    fn finish_close(&mut self, registry: &Registry) -> Status {
+        let mut rings = Inline::new(&mut self.rings, Some(registry), self.token);
+        self.state.poll_pending(&mut rings);
+        if !self.state.is_closed() {
+            return Status::Open;
+        }
+        rings.deregister_all();
+        self.token = None;
+        self.closed = true;
+        Status::Closed
     }
 
     /// Ends the session: stops its queues (the device hears `queue_stopped` and
     /// `disconnected`), deregisters every fd from `registry` and closes the connection.
     pub fn close(mut self, registry: &Registry) {
-        self.shutdown(Some(registry));
+        self.begin_close(Some(registry));
+        self.wait_closed(Some(registry));
     }
 
     fn drive(&mut self, registry: &Registry) -> Result<Status, Error> {
@@ -193,7 +265,7 @@ impl<D: Device + ?Sized> Session<D> {
             }
         }
         let mut rings = Inline::new(&mut self.rings, Some(registry), self.token);
-        rings.service(self.state.device().as_ref());
+        rings.poll_rings();
         Ok(Status::Open)
     }
 
@@ -322,17 +394,44 @@ impl<D: Device + ?Sized> Session<D> {
         !self.closed && crate::rings::wants_polling(&self.rings)
     }
 
-    fn shutdown(&mut self, registry: Option<&Registry>) {
+    /// Serves the rings that have no kick fd to watch (see
+    /// [`wants_polling`](Self::wants_polling)).
+    pub fn poll_rings(&mut self, registry: &Registry) {
         if self.closed {
             return;
         }
-        self.closed = true;
-        let mut rings = Inline::new(&mut self.rings, registry, self.token);
-        self.state.shutdown(&mut rings);
-        if let (Some(r), Some(_)) = (registry, self.token.take()) {
+        let mut rings = Inline::new(&mut self.rings, Some(registry), self.token);
+        rings.poll_rings();
+    }
+
+    /// Stops reading the front-end and asks every ring to stop (each once its handler has
+    /// completed what it holds).
+    fn begin_close(&mut self, registry: Option<&Registry>) {
+        if self.closing || self.closed {
+            return;
+        }
+        self.closing = true;
+        if let (Some(r), Some(_)) = (registry, self.token) {
             let _ = r.deregister(&mut self.stream);
         }
         self.out = None;
+        let mut rings = Inline::new(&mut self.rings, registry, self.token);
+        self.state.close(&mut rings);
+    }
+
+    /// Waits (blocking this thread) until every ring has quiesced: a handler with
+    /// requests in flight completes them through its sources, polled here.
+    fn wait_closed(&mut self, registry: Option<&Registry>) {
+        loop {
+            let mut rings = Inline::new(&mut self.rings, registry, self.token);
+            if self.state.poll_pending(&mut rings) || self.state.is_closed() {
+                rings.deregister_all();
+                break;
+            }
+            crate::rings::wait_sources(&mut self.rings);
+        }
+        self.token = None;
+        self.closed = true;
     }
 }
 
@@ -350,7 +449,8 @@ impl<D: Device + ?Sized> Drop for Session<D> {
         if self.token.is_some() && !self.closed {
             log::debug!("vhost-io-mio: session dropped while registered (use Session::close)");
         }
-        self.shutdown(None);
+        self.begin_close(None);
+        self.wait_closed(None);
     }
 }
 
@@ -362,9 +462,7 @@ impl<D: Device + ?Sized> mio::event::Source for Session<D> {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         self.token = Some(token);
-        for raw in notifiers(&self.rings) {
-            registry.register(&mut SourceFd(&raw), token, Interest::READABLE)?;
-        }
+        Inline::new(&mut self.rings, Some(registry), self.token).register_all();
         Ok(())
     }
 
@@ -374,17 +472,14 @@ impl<D: Device + ?Sized> mio::event::Source for Session<D> {
             token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        Inline::new(&mut self.rings, Some(registry), self.token).deregister_all();
         self.token = Some(token);
-        for raw in notifiers(&self.rings) {
-            registry.reregister(&mut SourceFd(&raw), token, Interest::READABLE)?;
-        }
+        Inline::new(&mut self.rings, Some(registry), self.token).register_all();
         Ok(())
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        for raw in notifiers(&self.rings) {
-            registry.deregister(&mut SourceFd(&raw))?;
-        }
+        Inline::new(&mut self.rings, Some(registry), self.token).deregister_all();
         self.token = None;
         registry.deregister(&mut self.stream)
     }

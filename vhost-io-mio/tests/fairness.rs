@@ -54,7 +54,7 @@ fn a_flooding_frontend_does_not_monopolise_the_loop() {
                 .unwrap();
             assert!(events.iter().any(|e| e.token() == Token(7)), "turn {turn}");
             // ... and each `ready` returns although input keeps coming.
-            assert_eq!(s.ready(poll.registry()).unwrap(), Status::Open);
+            assert_eq!(s.ready(poll.registry(), Token(7)).unwrap(), Status::Open);
             tx.send(turn).unwrap();
         }
         s.close(poll.registry());

@@ -129,7 +129,7 @@ fn hostile_peers_break_only_their_own_session() {
     let (a, b) = UnixStream::pair().unwrap();
     let mut s = Session::from_std(b, std::sync::Arc::new(Echo::new(1))).unwrap();
     assert!(matches!(
-        s.ready(poll.registry()),
+        s.ready(poll.registry(), mio::Token(0)),
         Err(Error::NotRegistered)
     ));
     drop((s, a, poll, handle));

@@ -15,6 +15,7 @@ use std::os::unix::net::UnixStream;
 
 use common::*;
 use scenarios::EchoBackend;
+use vhost_backend::QueueError;
 use vhost_backend::echo::Echo;
 use vhost_io_mio::{Server, ServerHandle};
 use vhost_io_std::frontend::{Frontend, GuestRam};
@@ -99,21 +100,36 @@ impl vhost_backend::Device for Rx {
         )
     }
 
-    fn process_queue(&self, q: &mut vhost_backend::Queue) -> Result<(), vring::Error> {
+    fn start_queue(
+        self: std::sync::Arc<Self>,
+        queue: &vhost_backend::Queue,
+    ) -> Result<Box<dyn vhost_backend::QueueHandler>, vhost_proto::backend::Refused> {
+        let wake = self.wakeup(queue.index());
+        let h =
+            vhost_backend::handler_fn(move |q: &mut vhost_backend::Queue| self.process_queue(q));
+        Ok(match wake {
+            Some(w) => Box::new(h.with_wakeup(w)),
+            None => Box::new(h),
+        })
+    }
+}
+
+impl Rx {
+    fn wakeup(&self, index: u16) -> Option<vhost_backend::os::eventfd::EventFd> {
+        (index == 0).then(|| self.wake.try_clone().ok()).flatten()
+    }
+
+    fn process_queue(&self, q: &mut vhost_backend::Queue) -> Result<(), QueueError> {
         let mut pending = self.pending.lock().unwrap();
         while !pending.is_empty() {
             let Some(chain) = q.pop()? else { break };
             let pkt = pending.pop_front().unwrap();
-            let mut w = q.writer(&chain)?;
+            let mut w = q.writer(&chain);
             w.write_all(&pkt)?;
             let len = w.bytes_written();
-            q.add_used(&chain, len)?;
+            q.complete(chain, len)?;
         }
         Ok(())
-    }
-
-    fn queue_wakeup(&self, index: u16) -> Option<vhost_backend::os::eventfd::EventFd> {
-        (index == 0).then(|| self.wake.try_clone().ok()).flatten()
     }
 }
 
@@ -167,7 +183,18 @@ impl vhost_backend::Device for Panicky {
         Echo::new(1).description()
     }
 
-    fn process_queue(&self, q: &mut vhost_backend::Queue) -> Result<(), vring::Error> {
+    fn start_queue(
+        self: std::sync::Arc<Self>,
+        _: &vhost_backend::Queue,
+    ) -> Result<Box<dyn vhost_backend::QueueHandler>, vhost_proto::backend::Refused> {
+        Ok(Box::new(vhost_backend::handler_fn(
+            move |q: &mut vhost_backend::Queue| self.process_queue(q),
+        )))
+    }
+}
+
+impl Panicky {
+    fn process_queue(&self, q: &mut vhost_backend::Queue) -> Result<(), QueueError> {
         if q.pop()?.is_some() {
             panic!("device bug");
         }

@@ -10,11 +10,13 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
 use vhost_backend::ChannelError;
+use vhost_backend::QueueError;
 use vhost_backend::os::memfd;
 use vhost_backend::{BackendChannel, Device, Queue};
 use vhost_io_std::backend::Server;
@@ -46,15 +48,26 @@ impl Device for Chatty {
         )
     }
 
-    fn process_queue(&self, q: &mut Queue) -> Result<(), vring::Error> {
-        while let Some(c) = q.pop()? {
-            q.add_used(&c, 0)?;
-        }
-        Ok(())
+    fn start_queue(
+        self: Arc<Self>,
+        _: &vhost_backend::Queue,
+    ) -> Result<Box<dyn vhost_backend::QueueHandler>, vhost_proto::backend::Refused> {
+        Ok(Box::new(vhost_backend::handler_fn(
+            move |q: &mut vhost_backend::Queue| self.process_queue(q),
+        )))
     }
 
     fn backend_channel_opened(&self, channel: BackendChannel) {
         *self.channel.lock().unwrap() = Some(channel);
+    }
+}
+
+impl Chatty {
+    fn process_queue(&self, q: &mut Queue) -> Result<(), QueueError> {
+        while let Some(c) = q.pop()? {
+            q.complete(c, 0)?;
+        }
+        Ok(())
     }
 }
 

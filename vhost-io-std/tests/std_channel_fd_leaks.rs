@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use vhost_backend::QueueError;
 use vhost_backend::os::memfd;
 use vhost_backend::{BackendChannel, Device, Queue};
 use vhost_io_std::backend::Server;
@@ -27,14 +28,25 @@ impl Device for Chatty {
     fn description(&self) -> DeviceDescription {
         DeviceDescription::new(VirtioFeatures::VERSION_1, protocol(), 1)
     }
-    fn process_queue(&self, q: &mut Queue) -> Result<(), vring::Error> {
-        while let Some(c) = q.pop()? {
-            q.add_used(&c, 0)?;
-        }
-        Ok(())
+    fn start_queue(
+        self: Arc<Self>,
+        _: &vhost_backend::Queue,
+    ) -> Result<Box<dyn vhost_backend::QueueHandler>, vhost_proto::backend::Refused> {
+        Ok(Box::new(vhost_backend::handler_fn(
+            move |q: &mut vhost_backend::Queue| self.process_queue(q),
+        )))
     }
     fn backend_channel_opened(&self, channel: BackendChannel) {
         *self.0.lock().unwrap() = Some(channel);
+    }
+}
+
+impl Chatty {
+    fn process_queue(&self, q: &mut Queue) -> Result<(), QueueError> {
+        while let Some(c) = q.pop()? {
+            q.complete(c, 0)?;
+        }
+        Ok(())
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use vhost_backend::QueueError;
 use vhost_backend::{Device, Queue};
 use vhost_io_std::backend::Server;
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
@@ -37,27 +38,43 @@ fn description() -> DeviceDescription {
 }
 
 /// Reads a request's one-byte tag.
-fn tag(q: &Queue, c: &vhost_backend::Chain) -> Result<u8, vring::Error> {
+fn tag(q: &Queue, c: &vhost_backend::Chain) -> Result<u8, QueueError> {
     let mut t = [0u8];
-    q.reader(c)?.read_exact(&mut t)?;
+    q.reader(c).read_exact(&mut t)?;
     Ok(t[0])
 }
 
 /// The first back-end: completes even tags, holds odd ones in flight
 /// (never completes them).
-struct Holder;
+#[derive(Default)]
+struct Holder {
+    held: Mutex<Vec<vhost_backend::Chain>>,
+}
 
 impl Device for Holder {
     fn description(&self) -> DeviceDescription {
         description()
     }
 
-    fn process_queue(&self, q: &mut Queue) -> Result<(), vring::Error> {
+    fn start_queue(
+        self: Arc<Self>,
+        _: &vhost_backend::Queue,
+    ) -> Result<Box<dyn vhost_backend::QueueHandler>, vhost_proto::backend::Refused> {
+        Ok(Box::new(vhost_backend::handler_fn(
+            move |q: &mut vhost_backend::Queue| self.process_queue(q),
+        )))
+    }
+}
+
+impl Holder {
+    fn process_queue(&self, q: &mut Queue) -> Result<(), QueueError> {
         while let Some(c) = q.pop()? {
             let t = tag(q, &c)?;
             if t % 2 == 0 {
-                q.writer(&c)?.write_all(&[t])?;
-                q.add_used(&c, 1)?;
+                q.writer(&c).write_all(&[t])?;
+                q.complete(c, 1)?;
+            } else {
+                self.held.lock().unwrap().push(c);
             }
         }
         Ok(())
@@ -76,12 +93,23 @@ impl Device for Recorder {
         description()
     }
 
-    fn process_queue(&self, q: &mut Queue) -> Result<(), vring::Error> {
+    fn start_queue(
+        self: Arc<Self>,
+        _: &vhost_backend::Queue,
+    ) -> Result<Box<dyn vhost_backend::QueueHandler>, vhost_proto::backend::Refused> {
+        Ok(Box::new(vhost_backend::handler_fn(
+            move |q: &mut vhost_backend::Queue| self.process_queue(q),
+        )))
+    }
+}
+
+impl Recorder {
+    fn process_queue(&self, q: &mut Queue) -> Result<(), QueueError> {
         while let Some(c) = q.pop()? {
             let t = tag(q, &c)?;
             self.served.lock().unwrap().push(t);
-            q.writer(&c)?.write_all(&[t | 0x80])?;
-            q.add_used(&c, 1)?;
+            q.writer(&c).write_all(&[t | 0x80])?;
+            q.complete(c, 1)?;
         }
         Ok(())
     }
@@ -94,7 +122,7 @@ fn child_backend() {
     let Some(path) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    Server::bind(PathBuf::from(path), Holder)
+    Server::bind(PathBuf::from(path), Holder::default())
         .unwrap()
         .serve()
         .unwrap();

@@ -5,11 +5,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::Duration;
 
 use common::*;
+use vhost_backend::QueueError;
 use vhost_backend::{Device, Queue};
 use vhost_io_std::backend::Server;
 use vhost_io_std::frontend::{Frontend, GuestRam};
@@ -31,9 +33,20 @@ impl Device for Racer {
         )
     }
 
-    fn process_queue(&self, q: &mut Queue) -> Result<(), vring::Error> {
+    fn start_queue(
+        self: Arc<Self>,
+        _: &vhost_backend::Queue,
+    ) -> Result<Box<dyn vhost_backend::QueueHandler>, vhost_proto::backend::Refused> {
+        Ok(Box::new(vhost_backend::handler_fn(
+            move |q: &mut vhost_backend::Queue| self.process_queue(q),
+        )))
+    }
+}
+
+impl Racer {
+    fn process_queue(&self, q: &mut Queue) -> Result<(), QueueError> {
         while let Some(c) = q.pop()? {
-            q.add_used(&c, 0)?;
+            q.complete(c, 0)?;
         }
         if let Some((reached, go)) = self.window.lock().unwrap().take() {
             reached.send(()).unwrap();

@@ -274,6 +274,23 @@ impl<'m, M: GuestMemory + ?Sized, I: DescriptorIter> Writer<'m, M, I> {
         Ok(())
     }
 
+    /// Skips up to `n` bytes of the writable part without writing them (e.g. a data area
+    /// the device filled by other means, such as an io_uring read into the slices it got
+    /// from [`next_slice`](Self::next_slice) of another writer); they count as written and
+    /// are logged in the dirty log. Returns how many bytes were skipped (fewer when the
+    /// writable part ends).
+    pub fn skip(&mut self, mut n: usize) -> Result<usize, Error> {
+        let mut done = 0;
+        while n > 0 {
+            let Some(slice) = self.next_slice(n)? else {
+                break;
+            };
+            done += slice.len();
+            n -= slice.len();
+        }
+        Ok(done)
+    }
+
     /// Bytes written so far: the `len` to report in the used element. Saturates
     /// at `u32::MAX` (a chain longer than 2^32 bytes is malformed anyway).
     pub fn bytes_written(&self) -> u32 {
@@ -377,5 +394,20 @@ mod tests {
                 "{page}"
             );
         }
+    }
+
+    #[test]
+    fn writer_skip_counts_and_ends_with_the_writable_part() {
+        let mem = BufferMemory::new(0, 0x1000);
+        // A virtio-blk IN request: 512 data bytes, then the status byte last.
+        let descs = vec![d(0x100, 16, false), d(0x200, 512, true), d(0x400, 1, true)];
+        let mut w = Writer::new(&mem, descs.into_iter(), None);
+        assert_eq!(w.skip(512).unwrap(), 512);
+        w.write_all(&[7]).unwrap();
+        assert_eq!(w.bytes_written(), 513);
+        assert_eq!(w.skip(10).unwrap(), 0);
+        let mut b = [0u8; 1];
+        mem.read(0x400, &mut b).unwrap();
+        assert_eq!(b, [7]);
     }
 }

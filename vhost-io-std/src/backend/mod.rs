@@ -10,5 +10,5 @@ mod server;
 mod session;
 mod worker;
 
-pub use server::{Server, ServerHandle, Stopper};
+pub use server::{DEFAULT_STALL_TIMEOUT, Server, ServerHandle, Stopper};
 pub use session::Ended;

@@ -7,11 +7,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::ServeError;
 use vhost_backend::Device;
 
-use super::session::{Ended, Session, StopSignal, wait_readable};
+use super::session::{Context, Ended, Session, StopSignal, wait_readable};
 use vhost_backend::os::socket::remove_stale_socket;
 
 /// A vhost-user back-end server: serves a [`Device`] to one front-end
@@ -20,10 +21,11 @@ use vhost_backend::os::socket::remove_stale_socket;
 ///
 /// ```
 /// use std::os::unix::net::UnixStream;
-/// use vhost_backend::{Device, Queue};
+/// use std::sync::Arc;
+/// use vhost_backend::{Device, Queue, QueueHandler, handler_fn};
 /// use vhost_io_std::backend::Server;
 /// use vhost_io_std::frontend::Frontend;
-/// use vhost_proto::backend::DeviceDescription;
+/// use vhost_proto::backend::{DeviceDescription, Refused};
 /// use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 ///
 /// struct Null;
@@ -31,11 +33,13 @@ use vhost_backend::os::socket::remove_stale_socket;
 ///     fn description(&self) -> DeviceDescription {
 ///         DeviceDescription::new(VirtioFeatures::VERSION_1, ProtocolFeatures::REPLY_ACK, 1)
 ///     }
-///     fn process_queue(&self, q: &mut Queue) -> Result<(), vring::Error> {
-///         while let Some(chain) = q.pop()? {
-///             q.add_used(&chain, 0)?;
-///         }
-///         Ok(())
+///     fn start_queue(self: Arc<Self>, _: &Queue) -> Result<Box<dyn QueueHandler>, Refused> {
+///         Ok(Box::new(handler_fn(|q: &mut Queue| {
+///             while let Some(chain) = q.pop()? {
+///                 q.complete(chain, 0)?;
+///             }
+///             Ok(())
+///         })))
 ///     }
 /// }
 ///
@@ -57,7 +61,13 @@ pub struct Server<D: Device> {
     device: Arc<D>,
     source: Source,
     stop: Arc<StopSignal>,
+    stall_timeout: Duration,
 }
+
+/// How long a front-end may stall (stop mid-message, or stay silent after connecting)
+/// while another one waits, unless told otherwise
+/// ([`Server::with_stall_timeout`]).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 enum Source {
@@ -107,7 +117,19 @@ impl<D: Device> Server<D> {
             device: Arc::new(device),
             source,
             stop: Arc::new(StopSignal::new()?),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         })
+    }
+
+    /// Sets how long a front-end may stall while another one waits to connect (a
+    /// listening server serves one front-end at a time): one that stops mid-message, or
+    /// sends nothing after connecting, for longer is disconnected
+    /// ([`Ended::Preempted`]) and the next one is served. Also bounds how long a reply
+    /// may wait for a front-end that does not read. Default
+    /// [`DEFAULT_STALL_TIMEOUT`]; at least 1 ms.
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout.max(Duration::from_millis(1));
+        self
     }
 
     /// The device.
@@ -121,7 +143,7 @@ impl<D: Device> Server<D> {
     /// connection ends.
     pub fn serve(self) -> Result<(), ServeError> {
         match &self.source {
-            Source::Stream(s) => serve_one(&self.device, s, &self.stop).map(drop),
+            Source::Stream(s) => self.serve_one(s, None).map(drop),
             Source::Listener(l, _) => loop {
                 if wait_readable(l, self.stop.event())? {
                     return Ok(());
@@ -131,13 +153,27 @@ impl<D: Device> Server<D> {
                     Err(e) if transient(&e) => continue,
                     Err(e) => return Err(ServeError::io("accept", e)),
                 };
-                match serve_one(&self.device, &stream, &self.stop) {
+                match self.serve_one(&stream, Some(l)) {
                     Ok(Ended::Stopped) => return Ok(()),
-                    Ok(Ended::Disconnected) => log::debug!("vhost-io-std: front-end disconnected"),
+                    Ok(Ended::Preempted) => log::warn!("vhost-io-std: stalled front-end dropped"),
+                    Ok(_) => log::debug!("vhost-io-std: front-end disconnected"),
                     Err(e) => log::warn!("vhost-io-std: connection closed: {e}"),
                 }
             },
         }
+    }
+
+    fn serve_one(
+        &self,
+        stream: &UnixStream,
+        listener: Option<&UnixListener>,
+    ) -> Result<Ended, ServeError> {
+        let cx = Context {
+            stop: &self.stop,
+            listener,
+            stall_timeout: self.stall_timeout,
+        };
+        Session::new(Arc::clone(&self.device))?.run(stream, &cx)
     }
 
     /// Runs [`serve`](Self::serve) in a thread; the handle stops it.
@@ -167,14 +203,6 @@ impl<D: Device> Drop for Server<D> {
             log::warn!("vhost-io-std: cannot remove {}: {e}", path.display());
         }
     }
-}
-
-fn serve_one<D: Device>(
-    device: &Arc<D>,
-    stream: &UnixStream,
-    stop: &StopSignal,
-) -> Result<Ended, ServeError> {
-    Session::new(Arc::clone(device)).run(stream, stop)
 }
 
 fn transient(e: &io::Error) -> bool {

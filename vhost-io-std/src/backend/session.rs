@@ -1,99 +1,157 @@
-//! Serving one front-end connection: the blocking loop around
-//! `backend::Connection<OwnedFd>`; its events are handled by the shared
-//! [`SessionState`], with the queues running on worker threads.
+//! Serving one front-end connection: a `poll` loop around the protocol core; its events are
+//! handled by the shared [`SessionState`], with the queues running on worker threads.
+//!
+//! The loop waits on the socket, the server's stop signal, the workers' `done` eventfd
+//! (a ring that was asked to stop has quiesced) and, while the connection looks stalled,
+//! the server's listener: a front-end that stops mid-message (or sends nothing at all)
+//! for longer than the stall timeout while another front-end is waiting loses its
+//! connection to it.
 
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, poll};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
+use vhost_backend::os::eventfd::EventFd;
+use vhost_backend::os::socket::{recv_with_fds, send_all_with_fds};
+use vhost_backend::state::{Notifier, Rings, SessionState};
+use vhost_backend::{Device, Framer, ServedQueue};
 use vhost_proto::backend::Event;
 
 use crate::ServeError;
-use vhost_backend::os::eventfd::EventFd;
-use vhost_backend::os::socket::{recv_with_fds, send_all_with_fds};
 
-use super::worker::{SharedCall, Worker, WorkerSetup};
-use vhost_backend::state::{Notifier, Rings, SessionState};
-use vhost_backend::{Device, Framer, Queue};
+use super::worker::{Command, Notifiers, Worker};
 
-/// Bytes read per `recvmsg`: the largest request (a 2 KiB SHMEM config, a
-/// 4 KiB config write) fits; several small pipelined requests too.
+/// Bytes read per `recvmsg`: the largest request (a 2 KiB SHMEM config, a 4 KiB config
+/// write) fits; several small pipelined requests too.
 const READ_BUF: usize = 8192;
 
 /// How a connection ended without an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Ended {
     /// The front-end closed the socket.
     Disconnected,
     /// [`ServerHandle::stop`](super::ServerHandle::stop) was called.
     Stopped,
+    /// The front-end stalled (mid-message, or silent since it connected) for longer than
+    /// the stall timeout while another front-end was waiting: it was disconnected.
+    Preempted,
 }
 
-/// One ring's worker slot.
-#[derive(Debug, Default)]
-enum Slot {
-    /// Not started, or started but its queue could not be built.
-    #[default]
-    Idle,
-    Running(Worker),
-    /// Stopped by the session (broken memory): keeps its position.
-    Parked(Box<Queue>),
-}
-
-/// The std binding's [`Rings`]: one worker thread per running queue.
+/// The std runner's [`Rings`]: one worker thread per running queue.
 struct Workers {
-    slots: Vec<Slot>,
-    calls: Vec<SharedCall>,
+    slots: Vec<Option<Worker>>,
+    /// Signalled by every worker that ends.
+    done: Arc<EventFd>,
 }
 
 /// One connection's state besides the socket.
 pub(crate) struct Session<D: Device> {
     state: SessionState<D>,
     workers: Workers,
+    framer: Framer,
+}
+
+/// What a session needs from its server.
+pub(crate) struct Context<'a> {
+    pub stop: &'a StopSignal,
+    /// The server's listener (a listening server): watched for a waiting front-end while
+    /// this connection looks stalled.
+    pub listener: Option<&'a UnixListener>,
+    pub stall_timeout: Duration,
 }
 
 impl<D: Device> Session<D> {
-    pub(crate) fn new(device: Arc<D>) -> Self {
+    pub(crate) fn new(device: Arc<D>) -> Result<Self, ServeError> {
         let state = SessionState::new(device);
         let n = state.connection().rings().len();
-        Session {
+        Ok(Session {
             state,
             workers: Workers {
-                slots: (0..n).map(|_| Slot::Idle).collect(),
-                calls: (0..n).map(|_| Arc::new(Mutex::new(None))).collect(),
+                slots: (0..n).map(|_| None).collect(),
+                done: Arc::new(EventFd::new(true).map_err(|e| ServeError::io("eventfd", e))?),
             },
-        }
+            framer: Framer::default(),
+        })
     }
 
-    /// Serves `stream` until the front-end disconnects, `stop` is signalled,
-    /// or the connection fails. Workers are stopped before returning.
+    /// Serves `stream` until the front-end disconnects, `stop` is signalled, the
+    /// connection fails or is preempted. Every ring is stopped (its requests completed)
+    /// before returning.
     pub(crate) fn run(
         mut self,
         stream: &UnixStream,
-        stop: &StopSignal,
+        cx: &Context<'_>,
     ) -> Result<Ended, ServeError> {
-        let r = self.serve(stream, stop);
+        let r = self.serve(stream, cx);
         self.shutdown();
         r
     }
 
-    fn serve(&mut self, stream: &UnixStream, stop: &StopSignal) -> Result<Ended, ServeError> {
+    fn serve(&mut self, stream: &UnixStream, cx: &Context<'_>) -> Result<Ended, ServeError> {
+        // A front-end that never reads its replies cannot hold us either.
+        stream
+            .set_write_timeout(Some(cx.stall_timeout))
+            .map_err(|e| ServeError::io("setsockopt(SO_SNDTIMEO)", e))?;
         let mut buf = vec![0u8; READ_BUF];
-        let mut framer = Framer::default();
-        // A blocking recvmsg per message, no poll: `stop` shuts the socket
-        // down to wake it.
-        let _registered = stop.register(stream)?;
-        if stop.fired() {
-            return Ok(Ended::Stopped);
-        }
+        let connected = Instant::now();
+        let mut partial_since: Option<Instant> = None;
+        let mut someone_waits = false;
         loop {
-            let room = self.state.connection().input_room().clamp(1, buf.len());
+            // Stalled: silent since connecting (no SET_OWNER yet), or stopped mid-message.
+            let suspect_since = if !self.state.connection().has_owner() {
+                Some(partial_since.map_or(connected, |p| p.min(connected)))
+            } else {
+                partial_since
+            };
+            let deadline = suspect_since.and_then(|s| s.checked_add(cx.stall_timeout));
+            if someone_waits && deadline.is_some_and(|d| Instant::now() >= d) {
+                log::warn!(
+                    "vhost-io-std: front-end stalled for {:?} with another one waiting: \
+                     disconnecting it",
+                    cx.stall_timeout
+                );
+                return Ok(Ended::Preempted);
+            }
+            let watch_listener = suspect_since.is_some() && !someone_waits;
+            let timeout = if someone_waits {
+                deadline.map(|d| d.saturating_duration_since(Instant::now()))
+            } else {
+                None
+            };
+            let read_room = self.state.connection().input_room();
+            let w = wait(
+                stream,
+                read_room > 0,
+                cx.stop.event(),
+                &self.workers.done,
+                cx.listener.filter(|_| watch_listener),
+                timeout,
+            )?;
+            if w.stop {
+                return Ok(Ended::Stopped);
+            }
+            if w.listener {
+                someone_waits = true;
+            }
+            if w.done {
+                if let Err(e) = self.workers.done.try_consume() {
+                    return Err(ServeError::io("eventfd read", e));
+                }
+                self.state.poll_pending(&mut self.workers);
+                self.drain(stream)?;
+            }
+            if !w.socket {
+                continue;
+            }
+            let room = read_room.clamp(1, buf.len());
             let mut fds = Vec::new();
             let read = buf.get_mut(..room).unwrap_or_default();
             let n = match recv_with_fds(stream, read, &mut fds) {
-                Ok(0) if stop.fired() => return Ok(Ended::Stopped),
                 Ok(0) => return Ok(Ended::Disconnected),
                 Ok(n) => n,
                 Err(e)
@@ -110,27 +168,43 @@ impl<D: Device> Session<D> {
                 Err(e) => return Err(ServeError::io("recvmsg", e)),
             };
             let bytes = buf.get(..n).unwrap_or_default();
-            let split = framer
-                .last_header_start(bytes)
-                .filter(|&s| s > 0 && !fds.is_empty());
-            let conn = self.state.connection_mut();
-            match split.and_then(|s| Some((bytes.get(..s)?, bytes.get(s..)?))) {
-                Some((before, last)) => {
-                    conn.handle_input(before, Vec::new())?;
-                    self.drain(stream)?;
-                    self.state.connection_mut().handle_input(last, fds)?;
-                }
-                None => conn.handle_input(bytes, fds)?,
-            }
-            self.drain(stream)?;
+            self.feed(stream, bytes, fds)?;
+            partial_since = if self.framer.mid_message() {
+                partial_since.or(Some(Instant::now()))
+            } else {
+                None
+            };
         }
     }
 
-    /// Handles every pending event, then writes every pending transmit,
-    /// until the connection has nothing more to say. Events first: an ack
-    /// the connection queued for a request (SET_VRING_KICK, SET_FEATURES,
-    /// ...) goes out once the binding has acted on it (the worker started,
-    /// the channel gate updated), so a REPLY_ACK means "done".
+    /// Feeds one read to the connection (its fds with the last header that begins in it)
+    /// and handles what follows.
+    fn feed(
+        &mut self,
+        stream: &UnixStream,
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), ServeError> {
+        let split = self
+            .framer
+            .last_header_start(bytes)
+            .filter(|&s| s > 0 && !fds.is_empty());
+        match split.and_then(|s| Some((bytes.get(..s)?, bytes.get(s..)?))) {
+            Some((before, last)) => {
+                self.state
+                    .connection_mut()
+                    .handle_input(before, Vec::new())?;
+                self.drain(stream)?;
+                self.state.connection_mut().handle_input(last, fds)?;
+            }
+            None => self.state.connection_mut().handle_input(bytes, fds)?,
+        }
+        self.drain(stream)
+    }
+
+    /// Handles every pending event, then writes every pending transmit, until the
+    /// connection has nothing more to say. Events first: an ack the connection queued for
+    /// a request goes out once the runtime has acted on it.
     fn drain(&mut self, stream: &UnixStream) -> Result<(), ServeError> {
         loop {
             let mut lost = None;
@@ -141,7 +215,7 @@ impl<D: Device> Session<D> {
                         lost = Some(error);
                         break;
                     }
-                    event => self.handle(event),
+                    event => self.state.handle(event, &mut self.workers),
                 }
             }
             let sent = self.flush(stream)?;
@@ -165,203 +239,171 @@ impl<D: Device> Session<D> {
         Ok(sent)
     }
 
-    fn handle(&mut self, event: Event<std::os::fd::OwnedFd>) {
-        self.state.handle(event, &mut self.workers);
-    }
-
+    /// Stops every ring, waiting for their handlers to complete what they hold.
     fn shutdown(&mut self) {
-        self.state.shutdown(&mut self.workers);
+        self.state.close(&mut self.workers);
+        while !self.state.is_closed() {
+            if let Err(e) = self.workers.done.wait() {
+                log::error!("vhost-io-std: waiting for the queue workers failed: {e}");
+                // Dropping the workers joins them.
+                self.workers.slots.clear();
+            }
+            self.state.poll_pending(&mut self.workers);
+        }
     }
 }
 
 impl<D: Device> Rings<D> for Workers {
-    fn start(&mut self, state: &SessionState<D>, queue: Queue) {
-        self.update_call(state, queue.index());
-        self.spawn(state, queue);
-    }
-
-    fn stop(&mut self, _: &SessionState<D>, index: u16) -> Option<Queue> {
-        let slot = self.slots.get_mut(usize::from(index)).map(std::mem::take)?;
-        match slot {
-            Slot::Running(w) => w.stop(),
-            Slot::Parked(q) => Some(*q),
-            Slot::Idle => None,
-        }
-    }
-
-    /// Running workers are stopped at a quiescent point, switched and
-    /// restarted; parked queues are retried.
-    fn memory_changed(&mut self, state: &SessionState<D>) {
-        for i in 0..self.slots.len() {
-            let slot = self
-                .slots
-                .get_mut(i)
-                .map(std::mem::take)
-                .unwrap_or_default();
-            let queue = match slot {
-                Slot::Running(w) => w.stop(),
-                Slot::Parked(q) => Some(*q),
-                Slot::Idle => None,
-            };
-            let Some(mut q) = queue else { continue };
-            if state.move_queue(&mut q) {
-                self.spawn(state, q);
-            } else {
-                self.park(q);
-            }
-        }
-    }
-
-    fn kick_changed(&mut self, state: &SessionState<D>, index: u16) {
-        // The worker waits on the old kick fd: restart it on the new one.
-        if let Some(q) = Rings::<D>::stop(self, state, index) {
-            self.spawn(state, q);
-        }
-    }
-
-    fn call_changed(&mut self, state: &SessionState<D>, index: u16) {
-        self.update_call(state, index);
-    }
-
-    fn err_changed(&mut self, state: &SessionState<D>, index: u16) {
-        if matches!(self.slots.get(usize::from(index)), Some(Slot::Running(_)))
-            && let Some(q) = Rings::<D>::stop(self, state, index)
-        {
-            self.spawn(state, q);
-        }
-    }
-}
-
-impl Workers {
-    fn park(&mut self, q: Queue) {
-        if let Some(s) = self.slots.get_mut(usize::from(q.index())) {
-            *s = Slot::Parked(Box::new(q));
-        }
-    }
-
-    fn update_call<D: Device>(&mut self, state: &SessionState<D>, index: u16) {
-        let fd = match state.notifier(index, Notifier::Call) {
-            Ok(fd) => fd,
+    fn run(&mut self, state: &SessionState<D>, ring: ServedQueue) {
+        let index = ring.index();
+        let notifiers = Notifiers {
+            kick: dup(state, index, Notifier::Kick),
+            call: dup(state, index, Notifier::Call),
+            err: dup(state, index, Notifier::Err),
+        };
+        let worker = match Worker::spawn(ring, notifiers, Arc::clone(&self.done)) {
+            Ok(w) => Some(w),
             Err(e) => {
-                log::error!("vhost-io-std: queue {index}: cannot duplicate the call fd: {e}");
+                log::error!("vhost-io-std: queue {index}: cannot start its worker: {e}");
                 None
             }
         };
-        if let Some(c) = self.calls.get(usize::from(index)) {
-            *c.lock().unwrap_or_else(PoisonError::into_inner) = fd;
+        if let Some(slot) = self.slots.get_mut(usize::from(index)) {
+            *slot = worker;
         }
     }
 
-    fn spawn<D: Device>(&mut self, state: &SessionState<D>, queue: Queue) {
-        let index = queue.index();
-        let kick = state.notifier(index, Notifier::Kick);
-        let err = state.notifier(index, Notifier::Err);
-        let (kick, err) = match (kick, err) {
-            (Ok(k), Ok(e)) => (k, e),
-            (Err(e), _) | (_, Err(e)) => {
-                log::error!("vhost-io-std: queue {index}: cannot duplicate its notifiers: {e}");
-                self.park(queue);
-                return;
-            }
+    fn begin_stop(&mut self, index: u16) {
+        if let Some(Some(w)) = self.slots.get(usize::from(index)) {
+            w.send(Command::Stop);
+        }
+    }
+
+    fn poll_stop(&mut self, index: u16) -> Poll<Option<ServedQueue>> {
+        let Some(slot) = self.slots.get_mut(usize::from(index)) else {
+            return Poll::Ready(None);
         };
-        let Some(call) = self.calls.get(usize::from(index)).cloned() else {
+        match slot {
+            None => Poll::Ready(None),
+            Some(w) if w.is_finished() => Poll::Ready(slot.take().and_then(Worker::join)),
+            Some(_) => Poll::Pending,
+        }
+    }
+
+    fn notifier_changed(&mut self, state: &SessionState<D>, index: u16, which: Notifier) {
+        let Some(Some(w)) = self.slots.get(usize::from(index)) else {
             return;
         };
-        let setup = WorkerSetup {
-            device: Arc::clone(state.device()),
-            kick,
-            call,
-            err,
-        };
-        let slot = match Worker::spawn(queue, setup) {
-            Ok(w) => Slot::Running(w),
-            Err(e) => {
-                log::error!("vhost-io-std: queue {index}: cannot start its worker: {e}");
-                Slot::Idle
-            }
-        };
-        if let Some(s) = self.slots.get_mut(usize::from(index)) {
-            *s = slot;
+        let fd = dup(state, index, which);
+        w.send(match which {
+            Notifier::Kick => Command::Kick(fd),
+            Notifier::Call => Command::Call(fd),
+            Notifier::Err => Command::Err(fd),
+        });
+    }
+
+    fn ring_enabled(&mut self, _: &SessionState<D>, index: u16, enabled: bool) {
+        if let Some(Some(w)) = self.slots.get(usize::from(index)) {
+            w.send(Command::Enabled(enabled));
+        }
+    }
+
+    fn ring_kicked(&mut self, _: &SessionState<D>, index: u16) {
+        if let Some(Some(w)) = self.slots.get(usize::from(index)) {
+            w.send(Command::Kicked);
         }
     }
 }
 
-/// The stop request shared by a server, its connection loop and its
-/// stoppers: an eventfd (never consumed, so every waiter sees it) that wakes
-/// the accept loop, and the connection being served, shut down to wake its
-/// blocking `recvmsg`.
+/// A duplicate of one of ring `index`'s notifiers, owned by its worker.
+fn dup<D: Device>(state: &SessionState<D>, index: u16, which: Notifier) -> Option<EventFd> {
+    state.notifier(index, which).unwrap_or_else(|e| {
+        log::error!("vhost-io-std: queue {index}: cannot duplicate a notifier: {e}");
+        None
+    })
+}
+
+/// What one wait found ready.
+struct Ready {
+    socket: bool,
+    stop: bool,
+    done: bool,
+    listener: bool,
+}
+
+/// Waits until the socket is readable (when `read`), `stop` or `done` is signalled, or
+/// `listener` has a connection waiting; at most `timeout`.
+fn wait(
+    stream: &UnixStream,
+    read: bool,
+    stop: &EventFd,
+    done: &EventFd,
+    listener: Option<&UnixListener>,
+    timeout: Option<Duration>,
+) -> Result<Ready, ServeError> {
+    let ts = timeout.map(|t| Timespec {
+        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    // Hang-ups are reported whatever the interest: wait on the socket always, read it
+    // only when the connection has room.
+    let socket_flags = if read {
+        PollFlags::IN
+    } else {
+        PollFlags::empty()
+    };
+    let mut fds = vec![
+        PollFd::new(stream, socket_flags),
+        PollFd::from_borrowed_fd(stop.read_fd(), PollFlags::IN),
+        PollFd::from_borrowed_fd(done.read_fd(), PollFlags::IN),
+    ];
+    if let Some(l) = listener {
+        fds.push(PollFd::new(l, PollFlags::IN));
+    }
+    loop {
+        match poll(&mut fds, ts.as_ref()) {
+            Ok(_) => break,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(ServeError::io("poll", e)),
+        }
+    }
+    let ready = |i: usize| fds.get(i).is_some_and(|f| !f.revents().is_empty());
+    Ok(Ready {
+        socket: ready(0),
+        stop: ready(1),
+        done: ready(2),
+        listener: ready(3),
+    })
+}
+
+/// The stop request shared by a server, its connection loop and its stoppers: an eventfd
+/// that is never consumed, so every waiter sees it.
 #[derive(Debug)]
 pub(crate) struct StopSignal {
     event: EventFd,
-    current: Mutex<Option<UnixStream>>,
-}
-
-/// Unregisters the connection when serving it ends.
-pub(crate) struct Registered<'a>(&'a StopSignal);
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        *self
-            .0
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-    }
 }
 
 impl StopSignal {
     pub(crate) fn new() -> Result<Self, ServeError> {
         Ok(StopSignal {
             event: EventFd::new(true).map_err(|e| ServeError::io("eventfd", e))?,
-            current: Mutex::new(None),
         })
     }
 
-    /// The eventfd the accept loop polls.
+    /// The eventfd the loops poll.
     pub(crate) fn event(&self) -> &EventFd {
         &self.event
-    }
-
-    /// Whether stop was requested (a zero-timeout poll, nothing consumed).
-    pub(crate) fn fired(&self) -> bool {
-        let mut fds = [PollFd::from_borrowed_fd(
-            self.event.read_fd(),
-            PollFlags::IN,
-        )];
-        let zero = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
-    }
-
-    /// Makes `stream` the connection a stop request shuts down.
-    pub(crate) fn register(&self, stream: &UnixStream) -> Result<Registered<'_>, ServeError> {
-        let dup = stream.try_clone().map_err(|e| ServeError::io("dup", e))?;
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(dup);
-        Ok(Registered(self))
     }
 
     /// Requests the stop: wakes the accept loop and the connection.
     pub(crate) fn fire(&self) -> Result<(), ServeError> {
         self.event
             .signal()
-            .map_err(|e| ServeError::io("eventfd write", e))?;
-        if let Some(s) = self
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            // ENOTCONN if the peer is already gone: nothing to wake then.
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-        Ok(())
+            .map_err(|e| ServeError::io("eventfd write", e))
     }
 }
 
-/// Waits until `stream` is readable (or closed); `true` if `stop` fired
-/// instead.
+/// Waits until `stream` is readable (or closed); `true` if `stop` fired instead.
 pub(crate) fn wait_readable(stream: impl AsFd, stop: &EventFd) -> Result<bool, ServeError> {
     let mut fds = [
         PollFd::new(&stream, PollFlags::IN),

@@ -1,67 +1,119 @@
-//! One thread per started queue: waits on the kick eventfd (and a stop
-//! eventfd, and the device's wakeup eventfd), lets the device process the
-//! ring, publishes and signals the call eventfd.
+//! One thread per started queue: waits on its kick fd, its control fd and its handler's
+//! sources with one `poll`, reads the kick once per wakeup, lets the handler serve the
+//! ring, and signals the call fd when the driver asked for it. The session thread talks to
+//! it through commands (new notifiers, enable, in-band kick, stop); a stop lets the handler
+//! complete what it holds first, and the worker reports the end on the session's `done`
+//! eventfd instead of being joined while it still works.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
-
 use vhost_backend::os::eventfd::EventFd;
+use vhost_backend::{Drained, ServedQueue};
 
-use vhost_backend::state::drain;
-use vhost_backend::{Device, Queue};
-
-/// The call notifier of one ring, shared with its worker: SET_VRING_CALL may
-/// replace it while the ring runs (spec §5 id 13).
-pub(crate) type SharedCall = Arc<Mutex<Option<EventFd>>>;
-
-/// Without a kick fd (no-fd flag: "poll the ring", spec §3.1) the worker
-/// looks at the ring this often.
+/// Without a kick fd (no-fd flag: "poll the ring", spec §3.1) the worker looks at the ring
+/// this often.
 const POLL_INTERVAL: Timespec = Timespec {
     tv_sec: 0,
     tv_nsec: 1_000_000,
 };
 
-/// A running worker: stop it to get its queue back.
+/// What the session thread tells a worker.
 #[derive(Debug)]
-pub(crate) struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<Queue>,
+pub(crate) enum Command {
+    /// Stop once the handler has completed what it holds.
+    Stop,
+    /// The kick fd changed.
+    Kick(Option<EventFd>),
+    /// The call fd changed.
+    Call(Option<EventFd>),
+    /// The err fd changed.
+    Err(Option<EventFd>),
+    /// The ring was enabled (look at it: chains may wait) or disabled.
+    Enabled(bool),
+    /// An in-band kick (VRING_KICK).
+    Kicked,
 }
 
-/// What a worker needs besides the queue.
-pub(crate) struct WorkerSetup<D> {
-    pub device: Arc<D>,
+/// The ring's notifiers, owned by its worker (duplicates of the session's).
+#[derive(Debug, Default)]
+pub(crate) struct Notifiers {
     /// `None`: poll the ring.
     pub kick: Option<EventFd>,
-    pub call: SharedCall,
+    pub call: Option<EventFd>,
     pub err: Option<EventFd>,
 }
 
+#[derive(Debug)]
+struct Shared {
+    commands: Mutex<Vec<Command>>,
+    /// Signalled with every command.
+    control: EventFd,
+    finished: AtomicBool,
+}
+
+/// A running worker.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<ServedQueue>>,
+}
+
 impl Worker {
-    /// Starts a worker thread for `queue`.
-    pub(crate) fn spawn<D: Device>(queue: Queue, setup: WorkerSetup<D>) -> io::Result<Worker> {
-        let stop = EventFd::new(true)?;
-        let stop_rx = stop.try_clone()?;
-        let wake = setup.device.queue_wakeup(queue.index());
-        let name = format!("vhost-q{}", queue.index());
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(queue, setup, &stop_rx, wake.as_ref()))?;
-        Ok(Worker { stop, thread })
+    /// Starts a worker thread for `ring`; it signals `done` when it ends.
+    pub(crate) fn spawn(
+        ring: ServedQueue,
+        notifiers: Notifiers,
+        done: Arc<EventFd>,
+    ) -> io::Result<Worker> {
+        let shared = Arc::new(Shared {
+            commands: Mutex::new(Vec::new()),
+            control: EventFd::new(true)?,
+            finished: AtomicBool::new(false),
+        });
+        let name = format!("vhost-q{}", ring.index());
+        let theirs = Arc::clone(&shared);
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let ring = run(ring, notifiers, &theirs);
+            theirs.finished.store(true, Ordering::Release);
+            if let Err(e) = done.signal() {
+                log::error!("vhost-io-std: a queue worker cannot report its end: {e}");
+            }
+            ring
+        })?;
+        Ok(Worker {
+            shared,
+            thread: Some(thread),
+        })
     }
 
-    /// Stops the worker at a quiescent point (between two `process_queue`
-    /// calls) and returns its queue; `None` if the worker panicked (the
-    /// device's bug: the ring is lost, the session continues).
-    pub(crate) fn stop(self) -> Option<Queue> {
-        if let Err(e) = self.stop.signal() {
-            log::error!("vhost-io-std: cannot signal a queue worker to stop: {e}");
+    /// Sends a command.
+    pub(crate) fn send(&self, command: Command) {
+        self.shared
+            .commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(command);
+        if let Err(e) = self.shared.control.signal() {
+            log::error!("vhost-io-std: cannot signal a queue worker: {e}");
         }
-        match self.thread.join() {
+    }
+
+    /// Whether the worker ended (after a stop, or because it panicked).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.shared.finished.load(Ordering::Acquire)
+            || self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// The ended worker's ring; `None` if the thread panicked (the ring is lost, the
+    /// session continues).
+    pub(crate) fn join(mut self) -> Option<ServedQueue> {
+        let thread = self.thread.take()?;
+        match thread.join() {
             Ok(q) => Some(q),
             Err(_) => {
                 log::error!("vhost-io-std: a queue worker panicked");
@@ -71,37 +123,195 @@ impl Worker {
     }
 }
 
-/// What woke the worker.
-enum Wake {
-    Stop,
-    Work,
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            // Stop it and wait: the handler may still be using guest memory.
+            self.send(Command::Stop);
+            let _ = t.join();
+        }
+    }
 }
 
-fn wait(stop: &EventFd, kick: Option<&EventFd>, wake: Option<&EventFd>) -> io::Result<Wake> {
-    let timeout = kick.is_none().then_some(&POLL_INTERVAL);
-    let s = pollfd(stop);
-    match (kick.map(pollfd), wake.map(pollfd)) {
-        (Some(k), Some(w)) => poll_retry(&mut [s, k, w], timeout)?,
-        (Some(k), None) => poll_retry(&mut [s, k], timeout)?,
-        (None, Some(w)) => poll_retry(&mut [s, w], timeout)?,
-        (None, None) => poll_retry(&mut [s], timeout)?,
+fn run(mut ring: ServedQueue, mut n: Notifiers, shared: &Shared) -> ServedQueue {
+    let index = ring.index();
+    // Look at the ring once when it starts (spec §7.2: tolerate a start without a kick).
+    serve(&mut ring, &n);
+    let sources: Vec<_> = ring.sources().to_vec();
+    loop {
+        if ring.is_quiesced() {
+            break;
+        }
+        let watch_kick = !ring.is_stopping() && !ring.is_broken();
+        let kick = n.kick.as_ref().filter(|_| watch_kick);
+        let timeout = (watch_kick && n.kick.is_none()).then_some(&POLL_INTERVAL);
+        let watch_sources = !ring.is_broken();
+        // The poll set borrows the notifiers for this round only (commands may replace
+        // them afterwards).
+        let (control_ready, kick_ready, ready_sources) = {
+            let mut round: Vec<PollFd<'_>> = Vec::with_capacity(2 + sources.len());
+            round.push(PollFd::from_borrowed_fd(
+                shared.control.read_fd(),
+                PollFlags::IN,
+            ));
+            if let Some(k) = kick {
+                round.push(PollFd::from_borrowed_fd(k.read_fd(), PollFlags::IN));
+            }
+            let first_source = round.len();
+            let borrowed: Vec<_> = if watch_sources {
+                sources
+                    .iter()
+                    // SAFETY: the handler owns these fds and keeps them open while it
+                    // lives (the `Source` contract); it lives in `ring`, which outlives
+                    // this round.
+                    .map(|s| unsafe { std::os::fd::BorrowedFd::borrow_raw(s.fd) })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for b in &borrowed {
+                round.push(PollFd::from_borrowed_fd(*b, PollFlags::IN));
+            }
+            if let Err(e) = poll_retry(&mut round, timeout) {
+                log::error!("vhost-io-std: queue {index}: poll failed: {e}");
+                ring.set_broken();
+                signal_err(index, &n);
+                continue;
+            }
+            let revents = |i: usize| {
+                round
+                    .get(i)
+                    .map(PollFd::revents)
+                    .unwrap_or(PollFlags::empty())
+            };
+            let control = !revents(0).is_empty();
+            let kick_ready = kick.is_some().then(|| revents(1));
+            let ready: Vec<u32> = sources
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| watch_sources && !revents(first_source + i).is_empty())
+                .map(|(_, s)| s.id)
+                .collect();
+            (control, kick_ready, ready)
+        };
+        let mut look = false;
+        if control_ready {
+            consume(&shared.control);
+            let commands = std::mem::take(
+                &mut *shared
+                    .commands
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            for c in commands {
+                match c {
+                    Command::Stop => {
+                        let call = n.call.as_ref();
+                        if let Err(e) = ring.begin_stop(|| signal(index, call)) {
+                            log::error!("vhost-io-std: queue {index} stopped processing: {e}");
+                            signal_err(index, &n);
+                        }
+                    }
+                    Command::Kick(k) => {
+                        n.kick = k;
+                        look = true;
+                    }
+                    Command::Call(c) => n.call = c,
+                    Command::Err(e) => n.err = e,
+                    Command::Enabled(on) => look |= on,
+                    Command::Kicked => look = true,
+                }
+            }
+        }
+        match kick_ready {
+            Some(rev) if !rev.is_empty() => {
+                if kick_consumed(index, n.kick.as_ref(), rev) {
+                    look = true;
+                } else {
+                    // A kick fd at EOF or in error: the ring cannot be served any more.
+                    ring.set_broken();
+                    signal_err(index, &n);
+                }
+            }
+            _ => {}
+        }
+        if timeout.is_some() {
+            // No kick fd: look at the ring every interval.
+            look = true;
+        }
+        if look {
+            serve(&mut ring, &n);
+        }
+        for id in ready_sources {
+            let call = n.call.as_ref();
+            if let Err(e) = ring.ready(id, || signal(index, call)) {
+                log::error!("vhost-io-std: queue {index} stopped processing: {e}");
+                signal_err(index, &n);
+            }
+        }
     }
-    if stop.try_consume()? {
-        return Ok(Wake::Stop);
-    }
-    if let Some(k) = kick {
-        // A kick fd whose writer is gone (a closed pipe) is an error, not a
-        // reason to spin.
-        k.try_consume()?;
-    }
-    if let Some(w) = wake {
-        w.try_consume()?;
-    }
-    Ok(Wake::Work)
+    ring
 }
 
-fn pollfd(e: &EventFd) -> PollFd<'_> {
-    PollFd::from_borrowed_fd(e.read_fd(), PollFlags::IN)
+/// Lets the handler drain the ring (no round limit: the worker has its thread to itself).
+fn serve(ring: &mut ServedQueue, n: &Notifiers) {
+    let index = ring.index();
+    let call = n.call.as_ref();
+    match ring.drain(usize::MAX, || signal(index, call)) {
+        Ok(Drained::Idle | Drained::Busy) => {}
+        Err(e) => {
+            log::error!("vhost-io-std: queue {index} stopped processing: {e}");
+            signal_err(index, n);
+        }
+    }
+}
+
+/// Reads the kick fd once (poll said it is readable); `false` if it is at EOF or in error.
+fn kick_consumed(index: u16, kick: Option<&EventFd>, revents: PollFlags) -> bool {
+    let Some(kick) = kick else {
+        return true;
+    };
+    let mut buf = [0u8; 512];
+    loop {
+        match rustix::io::read(kick.read_fd(), &mut buf) {
+            Ok(0) => {
+                log::warn!("vhost-io-std: queue {index}: the kick fd was closed by its writer");
+                return false;
+            }
+            Ok(_) => return true,
+            Err(Errno::AGAIN) => {
+                // Nothing to read: a hang-up or error without data is the end of it.
+                return !revents.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL);
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => {
+                log::warn!("vhost-io-std: queue {index}: reading the kick fd failed: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+fn consume(e: &EventFd) {
+    if let Err(err) = e.try_consume() {
+        log::error!("vhost-io-std: a worker's control fd failed: {err}");
+    }
+}
+
+fn signal(index: u16, call: Option<&EventFd>) {
+    if let Some(c) = call
+        && let Err(e) = c.signal()
+    {
+        log::warn!("vhost-io-std: queue {index}: cannot signal the call fd: {e}");
+    }
+}
+
+fn signal_err(index: u16, n: &Notifiers) {
+    if let Some(err) = &n.err
+        && let Err(e) = err.signal()
+    {
+        log::warn!("vhost-io-std: queue {index}: cannot signal the err fd: {e}");
+    }
 }
 
 fn poll_retry(fds: &mut [PollFd<'_>], timeout: Option<&Timespec>) -> io::Result<()> {
@@ -111,67 +321,5 @@ fn poll_retry(fds: &mut [PollFd<'_>], timeout: Option<&Timespec>) -> io::Result<
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
-    }
-}
-
-fn run<D: Device>(
-    mut queue: Queue,
-    setup: WorkerSetup<D>,
-    stop: &EventFd,
-    wake: Option<&EventFd>,
-) -> Queue {
-    let index = queue.index();
-    setup.device.queue_started(index);
-    let mut broken = false;
-    // Look at the ring once when it starts (spec §7.2: tolerate a start
-    // without a kick), then after every wakeup.
-    loop {
-        if !broken && let Err(e) = process(&mut queue, &setup) {
-            log::error!("vhost-io-std: queue {index} stopped processing: {e}");
-            broken = true;
-            if let Some(err) = &setup.err
-                && let Err(e) = err.signal()
-            {
-                log::warn!("vhost-io-std: queue {index}: cannot signal the err eventfd: {e}");
-            }
-        }
-        let kick = if broken { None } else { setup.kick.as_ref() };
-        match wait(stop, kick, if broken { None } else { wake }) {
-            Ok(Wake::Stop) => break,
-            Ok(Wake::Work) => {}
-            Err(e) => {
-                log::error!("vhost-io-std: queue {index}: waiting for a kick failed: {e}");
-                broken = true;
-                // Only the stop signal matters now.
-                if stop.wait().is_ok() {
-                    break;
-                }
-            }
-        }
-    }
-    setup.device.queue_stopped(index);
-    queue
-}
-
-/// Lets the device drain the ring until no more work arrives, with kicks
-/// suppressed meanwhile (virtqueue spec §2.9: re-check after re-enabling).
-fn process<D: Device>(queue: &mut Queue, setup: &WorkerSetup<D>) -> Result<(), vring::Error> {
-    let index = queue.index();
-    // No round limit: the worker has its thread to itself.
-    drain(
-        queue,
-        usize::MAX,
-        |q| setup.device.process_queue(q),
-        || signal_call(index, &setup.call),
-    )?;
-    Ok(())
-}
-
-fn signal_call(index: u16, call: &SharedCall) {
-    let guard = call.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(c) = guard.as_ref()
-        && let Err(e) = c.signal()
-    {
-        log::warn!("vhost-io-std: queue {index}: cannot signal the call eventfd: {e}");
     }
 }

@@ -33,10 +33,11 @@ pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// ```
 /// use std::os::unix::net::UnixStream;
-/// use vhost_backend::{Device, Queue};
+/// use std::sync::Arc;
+/// use vhost_backend::{Device, Queue, QueueHandler, handler_fn};
 /// use vhost_io_std::backend::Server;
 /// use vhost_io_std::frontend::Frontend;
-/// use vhost_proto::backend::DeviceDescription;
+/// use vhost_proto::backend::{DeviceDescription, Refused};
 /// use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 ///
 /// struct Sink;
@@ -44,9 +45,11 @@ pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 ///     fn description(&self) -> DeviceDescription {
 ///         DeviceDescription::new(VirtioFeatures::VERSION_1, ProtocolFeatures::REPLY_ACK | ProtocolFeatures::MQ, 4)
 ///     }
-///     fn process_queue(&self, q: &mut Queue) -> Result<(), vring::Error> {
-///         while let Some(c) = q.pop()? { q.add_used(&c, 0)?; }
-///         Ok(())
+///     fn start_queue(self: Arc<Self>, _: &Queue) -> Result<Box<dyn QueueHandler>, Refused> {
+///         Ok(Box::new(handler_fn(|q: &mut Queue| {
+///             while let Some(c) = q.pop()? { q.complete(c, 0)?; }
+///             Ok(())
+///         })))
 ///     }
 /// }
 ///
