@@ -269,10 +269,12 @@ impl Model {
     fn ring_ok(&self, i: u32) -> bool {
         i < u32::from(QUEUES)
     }
-    fn start(&mut self, i: usize) {
+    /// A ring start: the event, then the kick's ack once the runner answered (a refusal
+    /// leaves the ring stopped and NACKs).
+    fn start(&mut self, i: usize, code: u32, n: bool, ok: bool) {
         let packed = self.packed();
         let r = &mut self.rings[i];
-        r.started = true;
+        r.started = ok;
         let next_avail = RingPosition::from_base(VringBase(r.base), packed).next_avail;
         self.events.push(Ev::Started {
             index: i as u16,
@@ -281,6 +283,15 @@ impl Model {
             desc: r.desc.unwrap(),
             next_avail,
         });
+        self.answered(code, n, ok);
+    }
+    /// The runner's answer to an ack token.
+    fn answered(&mut self, code: u32, n: bool, ok: bool) {
+        if ok {
+            self.ack(code, n)
+        } else {
+            self.nack(code, n)
+        }
     }
 
     fn apply(&mut self, s: &Step, fd: i32) {
@@ -398,9 +409,13 @@ impl Model {
                 let r = &mut self.rings[i as usize];
                 r.desc = Some(d);
                 if r.started {
+                    // A refused rebuild leaves the ring stopped.
+                    r.started = ok;
                     self.events.push(Ev::ConfigChanged(i as u16));
+                    self.answered(9, n, ok);
+                } else {
+                    self.ack(9, n);
                 }
-                self.ack(9, n);
             }
             Op::SetVringBase(i, base) => {
                 if !self.ring_ok(i)
@@ -445,17 +460,17 @@ impl Model {
                 self.rings[i as usize].kick = Some(has_fd.then_some(fd));
                 if started {
                     self.events.push(Ev::Kick(i as u16));
+                    self.answered(12, n, ok);
                 } else {
-                    self.start(i as usize);
+                    self.start(i as usize, 12, n, ok);
                 }
-                self.ack(12, n);
             }
             Op::SetVringCall(i, _) => {
                 if !self.ring_ok(i.into()) {
                     return self.nack(13, n);
                 }
                 self.events.push(Ev::Call(i.into()));
-                self.ack(13, n);
+                self.answered(13, n, ok);
             }
             Op::SetVringEnable(i, e) => {
                 if self.f & VirtioFeatures::PROTOCOL_FEATURES.bits() == 0 || !self.ring_ok(i) {
@@ -463,7 +478,7 @@ impl Model {
                 }
                 self.rings[i as usize].enabled = e;
                 self.events.push(Ev::Enabled(i as u16, e));
-                self.ack(18, n);
+                self.answered(18, n, ok);
             }
             Op::SetStatus(st) => {
                 if !self.hasp(ProtocolFeatures::STATUS) {
@@ -519,12 +534,12 @@ impl Model {
                 let r = &self.rings[i as usize];
                 if r.started {
                     self.events.push(Ev::Kicked(i as u16));
+                    self.ack(35, n);
                 } else if r.size.is_some() && r.desc.is_some() {
-                    self.start(i as usize);
+                    self.start(i as usize, 35, n, ok);
                 } else {
-                    return self.nack(35, n);
+                    self.nack(35, n);
                 }
-                self.ack(35, n);
             }
             Op::Unknown => self.nack(UNKNOWN_CODE, n),
         }
@@ -645,13 +660,17 @@ fn observe(conn: &mut Connection<i32>, s: &Step) -> (Vec<Ev>, Vec<(u32, Vec<u8>)
                 conn.ack(answer, if ok { Ok(()) } else { no() }).unwrap();
                 Ev::MemRem
             }
-            Event::RingStarted { config } => Ev::Started {
-                index: config.index,
-                size: config.size,
-                packed: config.packed,
-                desc: config.desc_table,
-                next_avail: config.position.next_avail,
-            },
+            Event::RingStarted { config, answer } => {
+                conn.answer_ring_started(answer, if ok { Ok(()) } else { no() })
+                    .unwrap();
+                Ev::Started {
+                    index: config.index,
+                    size: config.size,
+                    packed: config.packed,
+                    desc: config.desc_table,
+                    next_avail: config.position.next_avail,
+                }
+            }
             Event::RingStopped { index, answer } => {
                 let Op::GetVringBase(_, pos) = s.op else {
                     panic!("stop without GET_VRING_BASE")
@@ -665,10 +684,26 @@ fn observe(conn: &mut Connection<i32>, s: &Step) -> (Vec<Ev>, Vec<(u32, Vec<u8>)
                 conn.answer_ring_stopped(answer, p).unwrap();
                 Ev::Stopped(index)
             }
-            Event::RingConfigChanged { config } => Ev::ConfigChanged(config.index),
-            Event::RingEnabled { index, enabled } => Ev::Enabled(index, enabled),
-            Event::KickChanged { index } => Ev::Kick(index),
-            Event::CallChanged { index } => Ev::Call(index),
+            Event::RingConfigChanged { config, answer } => {
+                conn.ack(answer, if ok { Ok(()) } else { no() }).unwrap();
+                Ev::ConfigChanged(config.index)
+            }
+            Event::RingEnabled {
+                index,
+                enabled,
+                answer,
+            } => {
+                conn.ack(answer, if ok { Ok(()) } else { no() }).unwrap();
+                Ev::Enabled(index, enabled)
+            }
+            Event::KickChanged { index, answer } => {
+                conn.ack(answer, if ok { Ok(()) } else { no() }).unwrap();
+                Ev::Kick(index)
+            }
+            Event::CallChanged { index, answer } => {
+                conn.ack(answer, if ok { Ok(()) } else { no() }).unwrap();
+                Ev::Call(index)
+            }
             Event::ConfigRead {
                 offset,
                 size,

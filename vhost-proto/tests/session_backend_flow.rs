@@ -109,8 +109,21 @@ fn waits_for_answers_in_order() {
         other.ack(answer, Ok(())),
         Err(vhost_proto::session::ApiError::StaleToken)
     );
-    // The token was consumed by the failed attempt; the right connection still waits.
+    // The token was consumed by the failed attempt; the right connection still waits, and
+    // notices the lost token at its next entry point: NACK, then closed.
     assert!(conn.is_waiting());
+    let nack = conn.poll_transmit().unwrap();
+    assert_eq!(&nack.bytes[12..], &1u64.to_ne_bytes());
+    assert!(matches!(
+        conn.poll_event(),
+        Some(Event::ConnectionLost {
+            error: vhost_proto::session::FatalError::AnswerDropped { .. }
+        })
+    ));
+    assert!(
+        conn.poll_transmit().is_none(),
+        "the buffered GET_STATUS is dropped"
+    );
 }
 
 /// The answer sends the ack, then the buffered GET_STATUS sees the new status.

@@ -10,7 +10,7 @@ use crate::wire::{
 use super::connection::{AfterAck, Connection, PostcopyState, WaitKind, zero_shmem};
 use super::event::{
     AckToken, ConfigToken, CryptoToken, DeviceStateToken, Event, InflightToken, MemoryToken,
-    PostcopyAdviseToken, RingStopToken, SharedObjectToken,
+    PostcopyAdviseToken, RingStartToken, RingStopToken, SharedObjectToken,
 };
 use super::ring::RingAddresses;
 
@@ -82,8 +82,9 @@ impl<H> Connection<H> {
         })
     }
 
-    /// Starts ring `i` if it is configured (spec §7.2); the caller has set the kick.
-    fn start_ring(&mut self, i: u16) -> Result<(), Rule> {
+    /// Starts ring `i` if it is configured (spec §7.2); the caller has set the kick. The
+    /// kick's ack waits for the runner's answer.
+    fn start_ring(&mut self, code: FrontendReq, need: bool, i: u16) -> Result<(), Rule> {
         let packed = self.neg.packed();
         let features = self.ring_features();
         let ring = self
@@ -94,7 +95,10 @@ impl<H> Connection<H> {
             .config(packed, features)
             .ok_or(Rule::RingNotConfigured { index: i })?;
         ring.started = true;
-        self.events.push_back(Event::RingStarted { config });
+        let answer = RingStartToken {
+            ticket: self.issue(code, need, WaitKind::RingStart { index: i }),
+        };
+        self.events.push_back(Event::RingStarted { config, answer });
         Ok(())
     }
 
@@ -228,15 +232,22 @@ impl<H> Connection<H> {
                 let a = self.translate(&addr)?;
                 let packed = self.neg.packed();
                 let features = self.ring_features();
+                let mut changed = None;
                 if let Some(r) = self.rings.get_mut(usize::from(i)) {
                     r.addr = Some(a);
-                    if r.started
-                        && let Some(config) = r.config(packed, features)
-                    {
-                        self.events.push_back(Event::RingConfigChanged { config });
+                    if r.started {
+                        changed = r.config(packed, features);
                     }
                 }
-                self.done(code, need);
+                match changed {
+                    Some(config) => {
+                        let answer =
+                            self.ack_token(code, need, false, AfterAck::RingRebuilt { index: i });
+                        self.events
+                            .push_back(Event::RingConfigChanged { config, answer });
+                    }
+                    None => self.done(code, need),
+                }
             }
             Q::SetVringBase { index, base } => {
                 let i = self.stopped_ring(index)?;
@@ -293,11 +304,12 @@ impl<H> Connection<H> {
                     Self::set_notifier(&mut r.kick, fd);
                 }
                 if started {
-                    self.events.push_back(Event::KickChanged { index: i });
+                    let answer = self.ack_token(code, need, false, AfterAck::Nothing);
+                    self.events
+                        .push_back(Event::KickChanged { index: i, answer });
                 } else {
-                    self.start_ring(i)?;
+                    self.start_ring(code, need, i)?;
                 }
-                self.done(code, need);
             }
             Q::SetVringCall { index, fd } | Q::SetVringErr { index, fd } => {
                 let i = self.ring_index(index.into())?;
@@ -305,12 +317,12 @@ impl<H> Connection<H> {
                 if let Some(r) = self.rings.get_mut(usize::from(i)) {
                     Self::set_notifier(if call { &mut r.call } else { &mut r.err }, fd);
                 }
+                let answer = self.ack_token(code, need, false, AfterAck::Nothing);
                 self.events.push_back(if call {
-                    Event::CallChanged { index: i }
+                    Event::CallChanged { index: i, answer }
                 } else {
-                    Event::ErrChanged { index: i }
+                    Event::ErrChanged { index: i, answer }
                 });
-                self.done(code, need);
             }
             Q::GetProtocolFeatures => self.reply_u64(code, self.desc.protocol_features.bits())?,
             Q::SetProtocolFeatures { features } => {
@@ -326,11 +338,12 @@ impl<H> Connection<H> {
                 if let Some(r) = self.rings.get_mut(usize::from(i)) {
                     r.enabled = enable;
                 }
+                let answer = self.ack_token(code, need, false, AfterAck::Nothing);
                 self.events.push_back(Event::RingEnabled {
                     index: i,
                     enabled: enable,
+                    answer,
                 });
-                self.done(code, need);
             }
             Q::SendRarp { mac } => {
                 let answer = self.ack_token(code, need, false, AfterAck::Nothing);
@@ -341,9 +354,8 @@ impl<H> Connection<H> {
                 self.events.push_back(Event::SetMtu { mtu, answer });
             }
             Q::SetBackendReqFd { fd } => {
-                self.backend_channel = true;
-                self.events.push_back(Event::BackendChannel { fd });
-                self.done(code, need);
+                let answer = self.ack_token(code, need, false, AfterAck::BackendChannel);
+                self.events.push_back(Event::BackendChannel { fd, answer });
             }
             Q::IotlbMsg { msg } => {
                 if !matches!(msg.kind, IotlbType::Update | IotlbType::Invalidate) {
@@ -491,10 +503,10 @@ impl<H> Connection<H> {
                 let i = self.ring_index(index)?;
                 if self.rings.get(usize::from(i)).is_some_and(|r| r.started) {
                     self.events.push_back(Event::RingKicked { index: i });
+                    self.done(code, need);
                 } else {
-                    self.start_ring(i)?;
+                    self.start_ring(code, need, i)?;
                 }
-                self.done(code, need);
             }
             Q::GetMaxMemSlots => self.reply_u64(code, self.desc.max_mem_slots.into())?,
             Q::AddMemReg { region } => {

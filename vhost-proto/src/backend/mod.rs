@@ -16,7 +16,7 @@ pub use connection::{Connection, PostcopyState};
 pub use description::{DeviceDescription, MAX_QUEUE_SIZE, MAX_QUEUES};
 pub use event::{
     AckToken, ConfigToken, CryptoToken, DeviceStateToken, Event, InflightToken, MemoryToken,
-    PostcopyAdviseToken, Refused, RingStopToken, SharedObjectToken,
+    PostcopyAdviseToken, Refused, RingStartToken, RingStopToken, SharedObjectToken,
 };
 pub use memory::MemoryTable;
 pub use ring::{Notifier, RingAddresses, RingState};

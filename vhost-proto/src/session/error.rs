@@ -257,6 +257,16 @@ pub enum FatalError {
         /// The encoder's error.
         error: EncodeError,
     },
+    /// An answer token was dropped without being answered (or was passed to an answer that
+    /// did not fit and so was lost). An embedder bug: the request's failure reply or NACK was
+    /// sent so the peer is not left waiting, but the state the token guarded (a ring the
+    /// runner may or may not run, memory it may or may not have mapped, ...) can no longer be
+    /// trusted, so the connection closes.
+    #[error("the answer token for {request} was dropped without an answer")]
+    AnswerDropped {
+        /// The request whose answer was dropped.
+        request: ReqCode,
+    },
     /// The session already failed fatally.
     #[error("session closed by an earlier fatal error")]
     Closed,
