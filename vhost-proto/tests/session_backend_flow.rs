@@ -201,3 +201,60 @@ fn idle_connection_is_small() {
         "conn {conn} ring {ring} event {event} total {budget}"
     );
 }
+
+/// One read holding fd-less requests and then the one its fd came with (QEMU pipelines
+/// without REPLY_ACK; Linux merges the fd-less segments into the read that ends with the
+/// fd's segment): the fd goes to the last header, also when the read is buffered behind an
+/// answer the connection waits for.
+#[test]
+fn fds_of_a_read_go_to_its_last_header() {
+    let mut conn = full_conn();
+    feed(
+        &mut conn,
+        vec![
+            (FrontendRequest::GetFeatures, false),
+            (FrontendRequest::GetProtocolFeatures, false),
+        ],
+    );
+    let all = PROTOCOL_BITS
+        .iter()
+        .fold(ProtocolFeatures::empty(), |a, b| a | *b);
+    feed(
+        &mut conn,
+        vec![(
+            FrontendRequest::SetProtocolFeatures { features: all },
+            false,
+        )],
+    );
+    while conn.poll_transmit().is_some() {}
+    while conn.poll_event().is_some() {}
+    // SET_STATUS waits for the device; SET_VRING_CALL (fd 42) is buffered with the fd.
+    feed(
+        &mut conn,
+        vec![
+            (
+                FrontendRequest::SetStatus {
+                    status: DeviceStatus::ACKNOWLEDGE,
+                },
+                false,
+            ),
+            (FrontendRequest::GetFeatures, false),
+            (
+                FrontendRequest::SetVringCall {
+                    index: 1,
+                    fd: Some(42),
+                },
+                false,
+            ),
+        ],
+    );
+    let Some(Event::Status { answer, .. }) = conn.poll_event() else {
+        panic!("status event")
+    };
+    conn.ack(answer, Ok(())).unwrap();
+    let Some(Event::CallChanged { index: 1, answer }) = conn.poll_event() else {
+        panic!("call event")
+    };
+    conn.ack(answer, Ok(())).unwrap();
+    assert_eq!(conn.ring(1).unwrap().call(), Some(&42));
+}

@@ -184,8 +184,10 @@ impl<H> Connection<H> {
         }
     }
 
-    /// Feeds the bytes of one read and the fd handles that came with them (they belong to
-    /// the message whose header starts in these bytes, spec §1).
+    /// Feeds the bytes of exactly one read and the fd handles that came with them: they
+    /// belong to the last message whose header starts in these bytes (see
+    /// [`Input`](crate::wire::Input)); the reads may split the stream anywhere. No framing
+    /// is needed in the binding.
     ///
     /// Complete requests are processed at once unless an answer is outstanding or the event
     /// or transmit queue is full; then the input is buffered (at most
