@@ -452,8 +452,9 @@ impl<H> Connection<H> {
     }
 
     /// Refuses whatever `event` asks, for events a device does not handle: every token is
-    /// answered with its failure form (a stopped ring reports the last known base), handles
-    /// are dropped. Events without a token are simply dropped.
+    /// answered with its failure form (a stopped ring reports the last known base; a ring
+    /// start is refused, so the ring stays stopped), handles are dropped. Events without a
+    /// token are simply dropped.
     pub fn refuse(&mut self, event: Event<H>) -> Result<(), ApiError> {
         match event {
             Event::MemoryTable { answer, .. } | Event::MemoryRegionAdded { answer, .. } => {

@@ -300,7 +300,8 @@ impl<H> Connection<H> {
         self.inflight
     }
 
-    /// Whether a back-end channel was installed (SET_BACKEND_REQ_FD).
+    /// Whether a back-end channel was installed: SET_BACKEND_REQ_FD whose
+    /// [`Event::BackendChannel`] the device accepted.
     pub fn has_backend_channel(&self) -> bool {
         self.backend_channel
     }

@@ -140,7 +140,9 @@ impl<H> RingState<H> {
         self.enabled
     }
 
-    /// Whether the ring is started (a kick arrived and no GET_VRING_BASE since).
+    /// Whether the ring is started: a kick started it (true while its
+    /// [`RingStarted`](super::Event::RingStarted) answer is outstanding), the device did not
+    /// refuse that start or a rebuild on new addresses, and no GET_VRING_BASE came since.
     pub fn started(&self) -> bool {
         self.started
     }
