@@ -28,8 +28,10 @@
 //! | back-end channel, back-end | [`wire::BackendReplyDecoder`] | [`wire::BackendReply`] |
 //!
 //! Each decoded message comes as a [`wire::Received`] (`code`, `flags`, `message`;
-//! `need_reply()` tells whether to ack). Feed input as [`wire::Input`] (the bytes of one
-//! read plus its fds) and call `decode` until it returns `Ok(None)`.
+//! `need_reply()` tells whether to ack). Feed input as [`wire::Input`] (the bytes of exactly
+//! one read plus its fds; the decoder gives the fds to the last header that begins in the
+//! read, so bindings need no framing of their own) and call `decode` until it returns
+//! `Ok(None)`.
 //!
 //! ## Error classes
 //!

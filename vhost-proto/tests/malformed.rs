@@ -1109,6 +1109,8 @@ fn rejected_then_valid() {
     let mut stream = frame(77, 9, &[0; 5]);
     stream.extend(frame(18, 1, &u32s(&[0, 7])));
     stream.extend(frame(1, 1, &[]));
+    // The read's fds belong to its last header: an unknown request, which drops them.
+    stream.extend(frame(78, 1, &[0; 3]));
     let mut d = FrontendRequestDecoder::<H>::new(ctx);
     let mut input = Input::new(&stream, vec![1, 2]);
     let e = d.decode(&mut input).unwrap_err();
@@ -1129,7 +1131,16 @@ fn rejected_then_valid() {
     );
     let m = d.decode(&mut input).unwrap().unwrap();
     assert_eq!(m.message, FrontendRequest::GetFeatures);
+    let e = d.decode(&mut input).unwrap_err();
+    assert_eq!(
+        e.class(),
+        ErrorClass::Rejected {
+            code: 78,
+            need_reply: false
+        }
+    );
     assert_eq!(d.decode(&mut input).unwrap(), None);
+    assert!(input.is_empty());
 }
 
 /// REM_MEM_REG's stray fd is dropped, not an error (spec §5 id 38).

@@ -203,6 +203,8 @@ enum Ev {
 struct MRing {
     size: Option<u16>,
     desc: Option<u64>,
+    /// Guest-physical avail and used areas.
+    avail_used: Option<(u64, u64)>,
     base: u32,
     enabled: bool,
     started: bool,
@@ -245,6 +247,43 @@ impl Model {
             .find(|r| user >= r.user && user < r.user + r.size)
             .map(|r| r.gpa + (user - r.user))
     }
+    /// The three ring areas (start, bytes) by virtqueue.md; 1 byte each without a size.
+    fn areas(&self, size: Option<u16>, d: u64, a: u64, u: u64) -> [(u64, u64); 3] {
+        let Some(q) = size.map(u64::from) else {
+            return [(d, 1), (a, 1), (u, 1)];
+        };
+        if self.packed() {
+            [(d, 16 * q), (a, 4), (u, 4)]
+        } else {
+            [(d, 16 * q), (a, 6 + 2 * q), (u, 6 + 8 * q)]
+        }
+    }
+    fn user_inside(&self, addr: u64, len: u64) -> bool {
+        self.regions
+            .iter()
+            .any(|r| addr >= r.user && addr + len <= r.user + r.size)
+    }
+    fn gpa_inside(&self, addr: u64, len: u64) -> bool {
+        self.regions
+            .iter()
+            .any(|r| addr >= r.gpa && addr + len <= r.gpa + r.size)
+    }
+    /// Whether ring `i` may start: a memory table holding its areas, a packed base in range.
+    fn can_start(&self, i: usize) -> bool {
+        let r = &self.rings[i];
+        let size = r.size.unwrap();
+        if self.packed()
+            && ((r.base & 0x7fff) as u16 >= size || ((r.base >> 16) & 0x7fff) as u16 >= size)
+        {
+            return false;
+        }
+        let (a, u) = r.avail_used.unwrap();
+        !self.regions.is_empty()
+            && self
+                .areas(Some(size), r.desc.unwrap(), a, u)
+                .iter()
+                .all(|&(s, l)| self.gpa_inside(s, l))
+    }
     fn overlap(a: &Reg, b: &Reg) -> bool {
         (a.gpa < b.gpa + b.size && b.gpa < a.gpa + a.size)
             || (a.user < b.user + b.size && b.user < a.user + a.size)
@@ -269,10 +308,12 @@ impl Model {
     fn ring_ok(&self, i: u32) -> bool {
         i < u32::from(QUEUES)
     }
-    fn start(&mut self, i: usize) {
+    /// A ring start: the event, then the kick's ack once the runner answered (a refusal
+    /// leaves the ring stopped and NACKs).
+    fn start(&mut self, i: usize, code: u32, n: bool, ok: bool) {
         let packed = self.packed();
         let r = &mut self.rings[i];
-        r.started = true;
+        r.started = ok;
         let next_avail = RingPosition::from_base(VringBase(r.base), packed).next_avail;
         self.events.push(Ev::Started {
             index: i as u16,
@@ -281,6 +322,15 @@ impl Model {
             desc: r.desc.unwrap(),
             next_avail,
         });
+        self.answered(code, n, ok);
+    }
+    /// The runner's answer to an ack token.
+    fn answered(&mut self, code: u32, n: bool, ok: bool) {
+        if ok {
+            self.ack(code, n)
+        } else {
+            self.nack(code, n)
+        }
     }
 
     fn apply(&mut self, s: &Step, fd: i32) {
@@ -291,6 +341,10 @@ impl Model {
             Op::GetFeatures => self.replies.push((1, u64b(self.offered_f))),
             Op::SetFeatures(f) => {
                 if f & !self.offered_f != 0 {
+                    return self.nack(2, n);
+                }
+                let layout = VirtioFeatures::RING_PACKED.bits() | VirtioFeatures::EVENT_IDX.bits();
+                if (f ^ self.f) & layout != 0 && self.rings.iter().any(|r| r.started) {
                     return self.nack(2, n);
                 }
                 self.f = f;
@@ -365,6 +419,17 @@ impl Model {
                 else {
                     return self.nack(38, n);
                 };
+                let in_use = self.rings.iter().any(|m| {
+                    let (Some(d), Some((a, u)), true) = (m.desc, m.avail_used, m.started) else {
+                        return false;
+                    };
+                    self.areas(m.size, d, a, u)
+                        .iter()
+                        .any(|&(s, l)| s < r.gpa + r.size && r.gpa < s + l)
+                });
+                if in_use {
+                    return self.nack(38, n);
+                }
                 self.events.push(Ev::MemRem);
                 if ok {
                     self.regions.remove(pos);
@@ -388,24 +453,42 @@ impl Model {
                 if !self.ring_ok(i) || desc % 16 != 0 {
                     return self.nack(9, n);
                 }
-                let (Some(d), Some(_), Some(_)) = (
+                let (Some(d), Some(a), Some(u)) = (
                     self.translate(desc),
                     self.translate(avail),
                     self.translate(used),
                 ) else {
                     return self.nack(9, n);
                 };
+                let size = self.rings[i as usize].size;
+                if !self
+                    .areas(size, desc, avail, used)
+                    .iter()
+                    .all(|&(s, l)| self.user_inside(s, l))
+                {
+                    return self.nack(9, n);
+                }
                 let r = &mut self.rings[i as usize];
                 r.desc = Some(d);
+                r.avail_used = Some((a, u));
                 if r.started {
+                    // A refused rebuild leaves the ring stopped.
+                    r.started = ok;
                     self.events.push(Ev::ConfigChanged(i as u16));
+                    self.answered(9, n, ok);
+                } else {
+                    self.ack(9, n);
                 }
-                self.ack(9, n);
             }
             Op::SetVringBase(i, base) => {
                 if !self.ring_ok(i)
                     || self.rings[i as usize].started
                     || (!self.packed() && base >> 16 != 0)
+                {
+                    return self.nack(10, n);
+                }
+                if let (true, Some(size)) = (self.packed(), self.rings[i as usize].size)
+                    && ((base & 0x7fff) as u16 >= size || ((base >> 16) & 0x7fff) as u16 >= size)
                 {
                     return self.nack(10, n);
                 }
@@ -442,20 +525,23 @@ impl Model {
                     return self.nack(12, n);
                 }
                 let started = r.started;
+                if !started && !self.can_start(i as usize) {
+                    return self.nack(12, n);
+                }
                 self.rings[i as usize].kick = Some(has_fd.then_some(fd));
                 if started {
                     self.events.push(Ev::Kick(i as u16));
+                    self.answered(12, n, ok);
                 } else {
-                    self.start(i as usize);
+                    self.start(i as usize, 12, n, ok);
                 }
-                self.ack(12, n);
             }
             Op::SetVringCall(i, _) => {
                 if !self.ring_ok(i.into()) {
                     return self.nack(13, n);
                 }
                 self.events.push(Ev::Call(i.into()));
-                self.ack(13, n);
+                self.answered(13, n, ok);
             }
             Op::SetVringEnable(i, e) => {
                 if self.f & VirtioFeatures::PROTOCOL_FEATURES.bits() == 0 || !self.ring_ok(i) {
@@ -463,7 +549,7 @@ impl Model {
                 }
                 self.rings[i as usize].enabled = e;
                 self.events.push(Ev::Enabled(i as u16, e));
-                self.ack(18, n);
+                self.answered(18, n, ok);
             }
             Op::SetStatus(st) => {
                 if !self.hasp(ProtocolFeatures::STATUS) {
@@ -519,12 +605,12 @@ impl Model {
                 let r = &self.rings[i as usize];
                 if r.started {
                     self.events.push(Ev::Kicked(i as u16));
-                } else if r.size.is_some() && r.desc.is_some() {
-                    self.start(i as usize);
+                    self.ack(35, n);
+                } else if r.size.is_some() && r.desc.is_some() && self.can_start(i as usize) {
+                    self.start(i as usize, 35, n, ok);
                 } else {
-                    return self.nack(35, n);
+                    self.nack(35, n);
                 }
-                self.ack(35, n);
             }
             Op::Unknown => self.nack(UNKNOWN_CODE, n),
         }
@@ -645,13 +731,17 @@ fn observe(conn: &mut Connection<i32>, s: &Step) -> (Vec<Ev>, Vec<(u32, Vec<u8>)
                 conn.ack(answer, if ok { Ok(()) } else { no() }).unwrap();
                 Ev::MemRem
             }
-            Event::RingStarted { config } => Ev::Started {
-                index: config.index,
-                size: config.size,
-                packed: config.packed,
-                desc: config.desc_table,
-                next_avail: config.position.next_avail,
-            },
+            Event::RingStarted { config, answer } => {
+                conn.answer_ring_started(answer, if ok { Ok(()) } else { no() })
+                    .unwrap();
+                Ev::Started {
+                    index: config.index,
+                    size: config.size,
+                    packed: config.packed,
+                    desc: config.desc_table,
+                    next_avail: config.position.next_avail,
+                }
+            }
             Event::RingStopped { index, answer } => {
                 let Op::GetVringBase(_, pos) = s.op else {
                     panic!("stop without GET_VRING_BASE")
@@ -665,10 +755,26 @@ fn observe(conn: &mut Connection<i32>, s: &Step) -> (Vec<Ev>, Vec<(u32, Vec<u8>)
                 conn.answer_ring_stopped(answer, p).unwrap();
                 Ev::Stopped(index)
             }
-            Event::RingConfigChanged { config } => Ev::ConfigChanged(config.index),
-            Event::RingEnabled { index, enabled } => Ev::Enabled(index, enabled),
-            Event::KickChanged { index } => Ev::Kick(index),
-            Event::CallChanged { index } => Ev::Call(index),
+            Event::RingConfigChanged { config, answer } => {
+                conn.ack(answer, if ok { Ok(()) } else { no() }).unwrap();
+                Ev::ConfigChanged(config.index)
+            }
+            Event::RingEnabled {
+                index,
+                enabled,
+                answer,
+            } => {
+                conn.ack(answer, if ok { Ok(()) } else { no() }).unwrap();
+                Ev::Enabled(index, enabled)
+            }
+            Event::KickChanged { index, answer } => {
+                conn.ack(answer, if ok { Ok(()) } else { no() }).unwrap();
+                Ev::Kick(index)
+            }
+            Event::CallChanged { index, answer } => {
+                conn.ack(answer, if ok { Ok(()) } else { no() }).unwrap();
+                Ev::Call(index)
+            }
             Event::ConfigRead {
                 offset,
                 size,
@@ -704,7 +810,9 @@ fn observe(conn: &mut Connection<i32>, s: &Step) -> (Vec<Ev>, Vec<(u32, Vec<u8>)
     (evs, txs)
 }
 
-fn run(offered_p: u64, p30: bool, steps: &[Step]) {
+/// Runs `steps` against the connection and the model; returns every event seen.
+fn run(offered_p: u64, p30: bool, steps: &[Step]) -> Vec<Ev> {
+    let mut seen = Vec::new();
     let offered_p = if p30 { offered_p } else { 0 };
     let mut offered_f =
         VirtioFeatures::VERSION_1 | VirtioFeatures::RING_PACKED | VirtioFeatures::EVENT_IDX;
@@ -744,6 +852,7 @@ fn run(offered_p: u64, p30: bool, steps: &[Step]) {
         model.apply(s, fd);
         assert_eq!(txs, model.replies, "replies of step {k}: {s:?}");
         assert_eq!(evs, model.events, "events of step {k}: {s:?}");
+        seen.extend(evs);
         assert!(!conn.is_waiting());
     }
     // Final state.
@@ -775,6 +884,7 @@ fn run(offered_p: u64, p30: bool, steps: &[Step]) {
         }
     }
     assert_eq!(conn.is_suspended(), model.rings.iter().all(|r| !r.started));
+    seen
 }
 
 proptest! {
@@ -786,7 +896,7 @@ proptest! {
         for (i, b) in PROTOCOL_BITS.iter().enumerate() {
             if offered & (1 << i) != 0 { p |= b.bits() }
         }
-        run(p, p30, &steps);
+        let _ = run(p, p30, &steps);
     }
 }
 
@@ -801,7 +911,7 @@ fn qemu_order_split_ring() {
         split_at: 5,
     };
     let f = (VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES).bits();
-    run(
+    let seen = run(
         all,
         true,
         &[
@@ -813,7 +923,7 @@ fn qemu_order_split_ring() {
             s(Op::SetFeatures(f)),
             s(Op::SetMemTable(vec![Reg {
                 gpa: 0,
-                size: 0x2000,
+                size: 0x4000,
                 user: 0x7000_0000,
             }])),
             s(Op::SetVringNum(0, 256)),
@@ -827,4 +937,9 @@ fn qemu_order_split_ring() {
             s(Op::GetStatus),
         ],
     );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Ev::Started { index: 0, .. }))
+    );
+    assert!(seen.contains(&Ev::Stopped(0)));
 }

@@ -109,8 +109,21 @@ fn waits_for_answers_in_order() {
         other.ack(answer, Ok(())),
         Err(vhost_proto::session::ApiError::StaleToken)
     );
-    // The token was consumed by the failed attempt; the right connection still waits.
+    // The token was consumed by the failed attempt; the right connection still waits, and
+    // notices the lost token at its next entry point: NACK, then closed.
     assert!(conn.is_waiting());
+    let nack = conn.poll_transmit().unwrap();
+    assert_eq!(&nack.bytes[12..], &1u64.to_ne_bytes());
+    assert!(matches!(
+        conn.poll_event(),
+        Some(Event::ConnectionLost {
+            error: vhost_proto::session::FatalError::AnswerDropped { .. }
+        })
+    ));
+    assert!(
+        conn.poll_transmit().is_none(),
+        "the buffered GET_STATUS is dropped"
+    );
 }
 
 /// The answer sends the ack, then the buffered GET_STATUS sees the new status.
@@ -187,4 +200,61 @@ fn idle_connection_is_small() {
         budget <= 32 * 1024,
         "conn {conn} ring {ring} event {event} total {budget}"
     );
+}
+
+/// One read holding fd-less requests and then the one its fd came with (QEMU pipelines
+/// without REPLY_ACK; Linux merges the fd-less segments into the read that ends with the
+/// fd's segment): the fd goes to the last header, also when the read is buffered behind an
+/// answer the connection waits for.
+#[test]
+fn fds_of_a_read_go_to_its_last_header() {
+    let mut conn = full_conn();
+    feed(
+        &mut conn,
+        vec![
+            (FrontendRequest::GetFeatures, false),
+            (FrontendRequest::GetProtocolFeatures, false),
+        ],
+    );
+    let all = PROTOCOL_BITS
+        .iter()
+        .fold(ProtocolFeatures::empty(), |a, b| a | *b);
+    feed(
+        &mut conn,
+        vec![(
+            FrontendRequest::SetProtocolFeatures { features: all },
+            false,
+        )],
+    );
+    while conn.poll_transmit().is_some() {}
+    while conn.poll_event().is_some() {}
+    // SET_STATUS waits for the device; SET_VRING_CALL (fd 42) is buffered with the fd.
+    feed(
+        &mut conn,
+        vec![
+            (
+                FrontendRequest::SetStatus {
+                    status: DeviceStatus::ACKNOWLEDGE,
+                },
+                false,
+            ),
+            (FrontendRequest::GetFeatures, false),
+            (
+                FrontendRequest::SetVringCall {
+                    index: 1,
+                    fd: Some(42),
+                },
+                false,
+            ),
+        ],
+    );
+    let Some(Event::Status { answer, .. }) = conn.poll_event() else {
+        panic!("status event")
+    };
+    conn.ack(answer, Ok(())).unwrap();
+    let Some(Event::CallChanged { index: 1, answer }) = conn.poll_event() else {
+        panic!("call event")
+    };
+    conn.ack(answer, Ok(())).unwrap();
+    assert_eq!(conn.ring(1).unwrap().call(), Some(&42));
 }

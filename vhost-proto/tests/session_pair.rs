@@ -92,7 +92,16 @@ impl Pair {
             E::DeviceStateTransfer { answer, .. } => {
                 d.answer_device_state(answer, Ok(None)).unwrap()
             }
-            E::BackendChannel { fd } => self.channel_fd = Some(fd),
+            E::BackendChannel { fd, answer } => {
+                self.channel_fd = Some(fd);
+                self.dev.ack(answer, Ok(())).unwrap()
+            }
+            E::RingStarted { answer, .. } => d.answer_ring_started(answer, Ok(())).unwrap(),
+            E::RingConfigChanged { answer, .. }
+            | E::RingEnabled { answer, .. }
+            | E::KickChanged { answer, .. }
+            | E::CallChanged { answer, .. }
+            | E::ErrChanged { answer, .. } => d.ack(answer, Ok(())).unwrap(),
             E::Rejected { rejection } => self.rejected.push(rejection.to_string()),
             E::MemoryRegionRemoved { answer, .. }
             | E::LogBase { answer, .. }

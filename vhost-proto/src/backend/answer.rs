@@ -7,7 +7,7 @@ use crate::wire::{CryptoSession, FrontendReply, FrontendReq, InflightDesc, Memor
 use super::connection::{AfterAck, Connection, PostcopyState, WaitKind, Waiting};
 use super::event::{
     AckToken, ConfigToken, CryptoToken, DeviceStateToken, Event, InflightToken, MemoryToken,
-    PostcopyAdviseToken, Refused, RingStopToken, SharedObjectToken,
+    PostcopyAdviseToken, Refused, RingStartToken, RingStopToken, SharedObjectToken,
 };
 
 const NOT_SUPPORTED: Refused = Refused {
@@ -81,7 +81,15 @@ impl<H> Connection<H> {
                     }
                 }
                 AfterAck::CheckState => self.transfer = None,
+                AfterAck::BackendChannel => self.backend_channel = true,
+                AfterAck::RingRebuilt { .. } => {}
             }
+        } else if let AfterAck::RingRebuilt { index } = then
+            && let Some(r) = self.rings.get_mut(usize::from(*index))
+        {
+            // The runner could not rebuild the ring on the new addresses and the old ones
+            // are gone: it does not run.
+            r.started = false;
         }
         self.finish(&w, always, result);
         self.after_answer();
@@ -165,6 +173,66 @@ impl<H> Connection<H> {
         };
         self.postcopy_ack_pending = true;
         self.reply_and_resume(w.code, reply)
+    }
+
+    /// Answers a [`RingStartToken`]: `Ok(())` once the ring's worker runs; the kick
+    /// (SET_VRING_KICK or VRING_KICK) is then acked if it asked for a reply. A refusal
+    /// marks the ring stopped again, NACKs the kick when it asked for a reply, and reports
+    /// an [`Event::Rejected`].
+    ///
+    /// ```
+    /// use vhost_proto::backend::{Connection, DeviceDescription, Event, Refused};
+    /// use vhost_proto::wire::*;
+    ///
+    /// let desc = DeviceDescription::new(VirtioFeatures::VERSION_1, ProtocolFeatures::REPLY_ACK, 1);
+    /// let mut conn = Connection::<i32>::new(desc);
+    /// let ctx = DecodeContext::default();
+    /// let send = |conn: &mut Connection<i32>, r: FrontendRequest<i32>, need_reply| {
+    ///     let e = r.encode(need_reply, &ctx).unwrap();
+    ///     conn.handle_input(&e.bytes, e.fds).unwrap();
+    /// };
+    /// let region = MemoryRegion {
+    ///     guest_phys_addr: 0, memory_size: 0x10000, user_addr: 0x7000_0000, mmap_offset: 0, xen: None,
+    /// };
+    /// send(&mut conn, FrontendRequest::SetMemTable { regions: vec![RegionFd { region, fd: 3 }] }, false);
+    /// let Some(Event::MemoryTable { answer, .. }) = conn.poll_event() else { panic!() };
+    /// conn.answer_memory(answer, Ok(())).unwrap();
+    /// send(&mut conn, FrontendRequest::SetVringNum { index: 0, num: 256 }, false);
+    /// let addr = VringAddr {
+    ///     index: 0, flags: VringAddrFlags::empty(), log: 0,
+    ///     desc: 0x7000_0000, avail: 0x7000_1000, used: 0x7000_2000,
+    /// };
+    /// send(&mut conn, FrontendRequest::SetVringAddr { addr }, false);
+    /// send(&mut conn, FrontendRequest::SetVringKick { index: 0, fd: Some(4) }, true);
+    ///
+    /// // The ring starts: no ack yet, the connection waits for the runner.
+    /// let Some(Event::RingStarted { config, answer }) = conn.poll_event() else { panic!() };
+    /// assert_eq!(config.size, 256);
+    /// assert!(conn.poll_transmit().is_none() && conn.is_waiting());
+    /// // The worker could not be set up: the kick is NACKed and the ring stays stopped.
+    /// conn.answer_ring_started(answer, Err(Refused::because("no worker"))).unwrap();
+    /// let nack = conn.poll_transmit().unwrap();
+    /// assert_eq!(&nack.bytes[12..], &1u64.to_ne_bytes());
+    /// assert!(!conn.ring(0).unwrap().started());
+    /// assert!(matches!(conn.poll_event(), Some(Event::Rejected { .. })));
+    /// ```
+    pub fn answer_ring_started(
+        &mut self,
+        token: RingStartToken,
+        result: Result<(), Refused>,
+    ) -> Result<(), ApiError> {
+        let w = self.take_waiting(&token.ticket)?;
+        let WaitKind::RingStart { index } = w.kind else {
+            return Err(self.wrong_token(w));
+        };
+        if result.is_err()
+            && let Some(r) = self.rings.get_mut(usize::from(index))
+        {
+            r.started = false;
+        }
+        self.finish(&w, false, result);
+        self.after_answer();
+        Ok(())
     }
 
     /// Answers a [`RingStopToken`] with the position the ring stopped at (the next
@@ -384,8 +452,9 @@ impl<H> Connection<H> {
     }
 
     /// Refuses whatever `event` asks, for events a device does not handle: every token is
-    /// answered with its failure form (a stopped ring reports the last known base), handles
-    /// are dropped. Events without a token are simply dropped.
+    /// answered with its failure form (a stopped ring reports the last known base; a ring
+    /// start is refused, so the ring stays stopped), handles are dropped. Events without a
+    /// token are simply dropped.
     pub fn refuse(&mut self, event: Event<H>) -> Result<(), ApiError> {
         match event {
             Event::MemoryTable { answer, .. } | Event::MemoryRegionAdded { answer, .. } => {
@@ -408,7 +477,16 @@ impl<H> Connection<H> {
             | Event::PostcopyListen { answer }
             | Event::PostcopyEnd { answer }
             | Event::InflightSet { answer, .. }
-            | Event::DeviceStateCheck { answer } => self.ack(answer, Err(NOT_SUPPORTED)),
+            | Event::DeviceStateCheck { answer }
+            | Event::RingConfigChanged { answer, .. }
+            | Event::RingEnabled { answer, .. }
+            | Event::KickChanged { answer, .. }
+            | Event::CallChanged { answer, .. }
+            | Event::ErrChanged { answer, .. }
+            | Event::BackendChannel { answer, .. } => self.ack(answer, Err(NOT_SUPPORTED)),
+            Event::RingStarted { answer, .. } => {
+                self.answer_ring_started(answer, Err(NOT_SUPPORTED))
+            }
             Event::RingStopped { index, answer } => {
                 let packed = self.neg.packed();
                 let pos = self

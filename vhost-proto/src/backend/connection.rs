@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use crate::session::inbox::Inbox;
-use crate::session::ticket::{Ticket, new_session_id};
+use crate::session::ticket::{DropFlag, Ticket, new_session_id};
 use crate::session::{
     ApiError, FatalError, MAX_PENDING_EVENTS, MAX_PENDING_TRANSMITS, Negotiated, Rejection, Rule,
     Transmit, has_reply_body,
@@ -42,6 +42,13 @@ pub(crate) enum AfterAck {
     PostcopyEnd,
     RemoveRegion(MemoryRegion),
     CheckState,
+    /// SET_BACKEND_REQ_FD: recorded only once the runner took the socket.
+    BackendChannel,
+    /// SET_VRING_ADDR on a started ring: a refusal means the ring could not be rebuilt on
+    /// the new addresses, so it is marked stopped.
+    RingRebuilt {
+        index: u16,
+    },
 }
 
 /// The answer the connection waits for.
@@ -60,6 +67,9 @@ pub(crate) enum WaitKind {
         postcopy: bool,
     },
     RingStop {
+        index: u16,
+    },
+    RingStart {
         index: u16,
     },
     Config {
@@ -88,6 +98,8 @@ pub(crate) struct Waiting {
     pub code: FrontendReq,
     pub need_reply: bool,
     pub kind: WaitKind,
+    /// Raised when the token was dropped unanswered.
+    pub dropped: DropFlag,
 }
 
 /// The back-end's side of the main vhost-user socket: a sans-IO state machine that owns all
@@ -172,16 +184,21 @@ impl<H> Connection<H> {
         }
     }
 
-    /// Feeds the bytes of one read and the fd handles that came with them (they belong to
-    /// the message whose header starts in these bytes, spec §1).
+    /// Feeds the bytes of exactly one read and the fd handles that came with them: they
+    /// belong to the last message whose header starts in these bytes (see
+    /// [`Input`](crate::wire::Input)); the reads may split the stream anywhere. No framing
+    /// is needed in the binding.
     ///
     /// Complete requests are processed at once unless an answer is outstanding or the event
     /// or transmit queue is full; then the input is buffered (at most
     /// [`input_room`](Self::input_room) more bytes). An error is fatal: close the connection.
+    /// It is [`FatalError::AnswerDropped`] when a token was dropped unanswered since the last
+    /// call (the request's failure reply is queued in the transmits).
     pub fn handle_input(&mut self, bytes: &[u8], fds: Vec<H>) -> Result<(), FatalError> {
         if self.closed {
             return Err(FatalError::Closed);
         }
+        self.check_dropped()?;
         if !self.inbox.is_empty() || !self.can_decode() {
             if let Err(e) = self.inbox.push(bytes, fds) {
                 return Err(self.fail(e));
@@ -198,15 +215,20 @@ impl<H> Connection<H> {
         Ok(())
     }
 
-    /// The next message to write, with its handles (one `sendmsg` each, in order).
+    /// The next message to write, with its handles (one `sendmsg` each, in order). Still
+    /// yields what was queued after a fatal error (e.g. the failure reply of a request whose
+    /// token was dropped).
     pub fn poll_transmit(&mut self) -> Option<Transmit<H>> {
+        let _ = self.check_dropped();
         let t = self.transmits.pop_front();
         let _ = self.resume();
         t
     }
 
-    /// The next event for the device.
+    /// The next event for the device. After a fatal error (also a token dropped unanswered,
+    /// noticed here) the last one is [`Event::ConnectionLost`].
     pub fn poll_event(&mut self) -> Option<Event<H>> {
+        let _ = self.check_dropped();
         let e = self.events.pop_front();
         let _ = self.resume();
         e
@@ -278,7 +300,8 @@ impl<H> Connection<H> {
         self.inflight
     }
 
-    /// Whether a back-end channel was installed (SET_BACKEND_REQ_FD).
+    /// Whether a back-end channel was installed: SET_BACKEND_REQ_FD whose
+    /// [`Event::BackendChannel`] the device accepted.
     pub fn has_backend_channel(&self) -> bool {
         self.backend_channel
     }
@@ -401,17 +424,86 @@ impl<H> Connection<H> {
             WaitKind::MemoryTable { postcopy: true, .. }
                 | WaitKind::MemoryAdd { postcopy: true, .. }
         );
+        let (ticket, dropped) = Ticket::issue(self.id, self.next_seq, postcopy);
         self.waiting = Some(Waiting {
             seq: self.next_seq,
             code,
             need_reply,
             kind,
+            dropped,
         });
-        Ticket {
-            session: self.id,
-            seq: self.next_seq,
-            postcopy,
+        ticket
+    }
+
+    /// Notices a token dropped without an answer: sends the request's failure reply or
+    /// NACK (so the front-end is not left waiting), then fails with
+    /// [`FatalError::AnswerDropped`]. Called first by every entry point.
+    pub(crate) fn check_dropped(&mut self) -> Result<(), FatalError> {
+        if self.closed || !self.waiting.as_ref().is_some_and(|w| w.dropped.is_raised()) {
+            return Ok(());
         }
+        let Some(w) = self.waiting.take() else {
+            return Ok(());
+        };
+        log::warn!(
+            "vhost-user back-end: the answer to {} was dropped; closing",
+            w.code
+        );
+        // An encoding failure here is already fatal on its own; report the drop either way.
+        let _ = self.dropped_reply(&w);
+        Err(self.fail(FatalError::AnswerDropped {
+            request: w.code.into(),
+        }))
+    }
+
+    /// The reply a refusal of `w` would have sent.
+    fn dropped_reply(&mut self, w: &Waiting) -> Result<(), FatalError> {
+        match &w.kind {
+            WaitKind::Ack { always, .. } => {
+                if *always || w.need_reply {
+                    self.push_raw_u64(w.code.raw(), 1);
+                }
+            }
+            WaitKind::MemoryTable { postcopy, .. } | WaitKind::MemoryAdd { postcopy, .. } => {
+                // Postcopy memory replies have no failure form: a non-zero u64 (spec §7.7).
+                if *postcopy || w.need_reply {
+                    self.push_raw_u64(w.code.raw(), 1);
+                }
+            }
+            WaitKind::RingStart { .. } => {
+                if w.need_reply {
+                    self.push_raw_u64(w.code.raw(), 1);
+                }
+            }
+            WaitKind::RingStop { index } => {
+                // GET_VRING_BASE has no failure form: the last known base (spec §5 id 11).
+                let base = self
+                    .rings
+                    .get(usize::from(*index))
+                    .map(|r| r.base)
+                    .unwrap_or_default();
+                let index = u32::from(*index);
+                self.reply(w.code, FrontendReply::VringBase { index, base })?;
+            }
+            WaitKind::Crypto { session } => {
+                let mut bytes = session.0;
+                if let Some(dst) = bytes.get_mut(1064..1072) {
+                    dst.copy_from_slice(&(-1i64).to_ne_bytes());
+                }
+                self.reply(
+                    w.code,
+                    FrontendReply::CryptoSession {
+                        session: Box::new(CryptoSession(bytes)),
+                    },
+                )?;
+            }
+            WaitKind::Config { .. }
+            | WaitKind::PostcopyAdvise
+            | WaitKind::Inflight { .. }
+            | WaitKind::SharedObject
+            | WaitKind::DeviceState { .. } => self.failure_reply(w.code)?,
+        }
+        Ok(())
     }
 
     /// Takes the outstanding answer that `ticket` names.

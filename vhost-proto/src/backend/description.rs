@@ -8,6 +8,15 @@ pub const MAX_QUEUES: u16 = 256;
 /// Largest queue size of any ring (virtqueue.md: 32768).
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
+/// Default [`DeviceDescription::max_memory`]: 1 TiB of guest memory in all regions. Large
+/// enough for big VMs, small enough that a hostile front-end cannot make the runner map
+/// more than a sliver of the 128 TiB user address space.
+pub const DEFAULT_MAX_MEMORY: u64 = 1 << 40;
+
+/// Default [`DeviceDescription::max_inflight`]: 64 MiB. 256 packed queues of 1024 entries
+/// (the default queue size) need about 8.4 MiB.
+pub const DEFAULT_MAX_INFLIGHT: u64 = 64 << 20;
+
 /// What a back-end device offers, given to [`Connection::new`](super::Connection::new). The
 /// connection answers GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_MAX_MEM_SLOTS
 /// and GET_SHMEM_CONFIG from it alone.
@@ -30,12 +39,22 @@ pub struct DeviceDescription {
     pub config_size: u32,
     /// VIRTIO Shared Memory Regions (GET_SHMEM_CONFIG, SHMEM feature); `None` answers 0 regions.
     pub shmem: Option<Box<ShmemConfig>>,
+    /// Most bytes of guest memory all mapped regions may total: SET_MEM_TABLE and
+    /// ADD_MEM_REG beyond it are refused (default [`DEFAULT_MAX_MEMORY`]).
+    pub max_memory: u64,
+    /// Largest inflight buffer GET_INFLIGHT_FD may ask for, in bytes, sized as a 64-byte
+    /// aligned per-queue stride of 16 (split) or 32 (packed) bytes per entry plus a header
+    /// (default [`DEFAULT_MAX_INFLIGHT`]). GET_INFLIGHT_FD is also refused for 0 queues or
+    /// more than [`queues`](Self::queues), and for a queue size of 0 or above
+    /// [`max_queue_size`](Self::max_queue_size).
+    pub max_inflight: u64,
 }
 
 impl DeviceDescription {
     /// A description with these offers and `queues` queues; queue size 1024, 509 memory
-    /// slots (libvhost-user's value), no config space, no shared memory regions. Out-of-range
-    /// values are clamped (queues to 1..=256).
+    /// slots (libvhost-user's value), no config space, no shared memory regions, at most
+    /// [`DEFAULT_MAX_MEMORY`] of guest memory and [`DEFAULT_MAX_INFLIGHT`] of inflight
+    /// buffer. Out-of-range values are clamped (queues to 1..=256).
     pub fn new(features: VirtioFeatures, protocol_features: ProtocolFeatures, queues: u16) -> Self {
         let mut features = features;
         if !protocol_features.is_empty() {
@@ -49,7 +68,21 @@ impl DeviceDescription {
             max_mem_slots: 509,
             config_size: 0,
             shmem: None,
+            max_memory: DEFAULT_MAX_MEMORY,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
         }
+    }
+
+    /// Sets the most bytes of guest memory all regions may total.
+    pub fn with_max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = bytes;
+        self
+    }
+
+    /// Sets the largest inflight buffer GET_INFLIGHT_FD may ask for, in bytes.
+    pub fn with_max_inflight(mut self, bytes: u64) -> Self {
+        self.max_inflight = bytes;
+        self
     }
 
     /// Sets the largest queue size (clamped to 1..=32768).

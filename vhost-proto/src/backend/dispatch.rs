@@ -10,9 +10,10 @@ use crate::wire::{
 use super::connection::{AfterAck, Connection, PostcopyState, WaitKind, zero_shmem};
 use super::event::{
     AckToken, ConfigToken, CryptoToken, DeviceStateToken, Event, InflightToken, MemoryToken,
-    PostcopyAdviseToken, RingStopToken, SharedObjectToken,
+    PostcopyAdviseToken, RingStartToken, RingStopToken, SharedObjectToken,
 };
-use super::ring::RingAddresses;
+use super::memory::MemoryTable;
+use super::ring::{RingAddresses, ring_areas};
 
 type R = Result<(), FatalError>;
 
@@ -41,8 +42,10 @@ impl<H> Connection<H> {
         RingFeatures::from_features(self.neg.features)
     }
 
-    /// Translates and checks SET_VRING_ADDR (spec §3.5, §7.10).
-    fn translate(&self, a: &VringAddr) -> Result<RingAddresses, Rule> {
+    /// Translates and checks SET_VRING_ADDR (spec §3.5, §7.10) for ring `index`: aligned
+    /// areas, and with a memory table (user or GPA_ADDRESSES addresses, not IOVAs) each area
+    /// inside one region, as far as the queue size is known.
+    fn translate(&self, index: u16, a: &VringAddr) -> Result<RingAddresses, Rule> {
         let packed = self.neg.packed();
         let (avail_align, used_align) = if packed { (4, 4) } else { (2, 4) };
         for (area, addr, align) in [
@@ -55,9 +58,30 @@ impl<H> Connection<H> {
             }
         }
         let iommu = self.neg.features.contains(VirtioFeatures::ACCESS_PLATFORM);
+        let gpa = self.neg.has(ProtocolFeatures::GPA_ADDRESSES);
+        if !iommu && !self.memory.is_empty() {
+            // Refuse now what could only fail when the runner maps the ring (spec §7.10):
+            // an area must lie in ONE region, in the address space the front-end used.
+            let num = self.rings.get(usize::from(index)).and_then(|r| r.size);
+            for (area, addr, size) in ring_areas(packed, num, a.desc, a.avail, a.used) {
+                let inside = if gpa {
+                    self.memory.contains_guest_range(addr, size)
+                } else {
+                    self.memory.user_range_to_guest(addr, size).is_some()
+                };
+                if !inside {
+                    return Err(Rule::RingAreaOutside {
+                        index,
+                        area,
+                        addr,
+                        size,
+                    });
+                }
+            }
+        }
         let (space, desc, avail, used) = if iommu {
             (AddressSpace::Iova, a.desc, a.avail, a.used)
-        } else if self.neg.has(ProtocolFeatures::GPA_ADDRESSES) {
+        } else if gpa {
             (AddressSpace::GuestPhysical, a.desc, a.avail, a.used)
         } else {
             let t = |area, addr| {
@@ -82,8 +106,69 @@ impl<H> Connection<H> {
         })
     }
 
-    /// Starts ring `i` if it is configured (spec §7.2); the caller has set the kick.
-    fn start_ring(&mut self, i: u16) -> Result<(), Rule> {
+    /// Checks that ring `i` can start (spec §7.2, §7.10): configured; unless its addresses
+    /// are IOVAs, a memory table holds each area (at the final queue size) inside one region;
+    /// a packed ring's base indexes are below the size.
+    fn check_start(&self, i: u16) -> Result<(), Rule> {
+        let not_configured = Rule::RingNotConfigured { index: i };
+        let r = self
+            .rings
+            .get(usize::from(i))
+            .ok_or(not_configured.clone())?;
+        let (Some(size), Some(a)) = (r.size, r.addr) else {
+            return Err(not_configured);
+        };
+        let packed = self.neg.packed();
+        if packed {
+            let pos = crate::session::RingPosition::from_base(r.base, true);
+            if pos.next_avail >= size || pos.next_used >= size {
+                return Err(Rule::PackedBaseOutOfRange {
+                    index: i,
+                    avail: pos.next_avail,
+                    used: pos.next_used,
+                    size,
+                });
+            }
+        }
+        if a.space == AddressSpace::Iova {
+            // The device translates through its IOTLB; nothing to check here.
+            return Ok(());
+        }
+        if self.memory.is_empty() {
+            return Err(Rule::NoMemoryTable { index: i });
+        }
+        // The stored addresses are guest-physical (translated, or GPA_ADDRESSES).
+        for (area, addr, size) in ring_areas(packed, Some(size), a.desc, a.avail, a.used) {
+            if !self.memory.contains_guest_range(addr, size) {
+                return Err(Rule::RingAreaOutside {
+                    index: i,
+                    area,
+                    addr,
+                    size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The first started ring with a guest-physical area overlapping `gpa..gpa + len`.
+    fn ring_in(&self, gpa: u64, len: u64) -> Option<u16> {
+        let packed = self.neg.packed();
+        let end = gpa.saturating_add(len);
+        self.rings.iter().find_map(|r| {
+            let a = r
+                .addr
+                .filter(|a| r.started && a.space == AddressSpace::GuestPhysical)?;
+            ring_areas(packed, r.size, a.desc, a.avail, a.used)
+                .iter()
+                .any(|&(_, start, size)| start < end && gpa < start.saturating_add(size))
+                .then_some(r.index)
+        })
+    }
+
+    /// Starts ring `i` if it is configured (spec §7.2); the caller has set the kick. The
+    /// kick's ack waits for the runner's answer.
+    fn start_ring(&mut self, code: FrontendReq, need: bool, i: u16) -> Result<(), Rule> {
         let packed = self.neg.packed();
         let features = self.ring_features();
         let ring = self
@@ -94,7 +179,10 @@ impl<H> Connection<H> {
             .config(packed, features)
             .ok_or(Rule::RingNotConfigured { index: i })?;
         ring.started = true;
-        self.events.push_back(Event::RingStarted { config });
+        let answer = RingStartToken {
+            ticket: self.issue(code, need, WaitKind::RingStart { index: i }),
+        };
+        self.events.push_back(Event::RingStarted { config, answer });
         Ok(())
     }
 
@@ -135,6 +223,19 @@ impl<H> Connection<H> {
             Q::GetFeatures => self.reply_u64(code, self.desc.features.bits())?,
             Q::SetFeatures { features } => {
                 self.neg.check_features(features)?;
+                // The ring layout cannot change under a running ring (spec §7.2); LOG_ALL
+                // toggles under running rings during migration (spec §7.7) and stays allowed.
+                let changed = (features ^ self.neg.features)
+                    & (VirtioFeatures::RING_PACKED | VirtioFeatures::EVENT_IDX);
+                if !changed.is_empty()
+                    && let Some(r) = self.rings.iter().find(|r| r.started)
+                {
+                    return Err(Rule::RingFeaturesChanged {
+                        changed,
+                        index: r.index,
+                    }
+                    .into());
+                }
                 self.neg.features = features;
                 if !features.contains(VirtioFeatures::PROTOCOL_FEATURES) {
                     // Spec §7.2: without bit 30 the rings behave as enabled from the start.
@@ -151,11 +252,8 @@ impl<H> Connection<H> {
             Q::ResetOwner => self.done(code, need),
             Q::SetMemTable { regions } => {
                 let table: Vec<_> = regions.iter().map(|r| r.region).collect();
-                super::memory::MemoryTable::check_table(
-                    &table,
-                    self.desc.max_mem_slots,
-                    self.gpa_regions(),
-                )?;
+                MemoryTable::check_table(&table, self.desc.max_mem_slots, self.gpa_regions())?;
+                self.check_memory_limit(MemoryTable::sum_sizes(&table))?;
                 let postcopy = self.postcopy == PostcopyState::Listening;
                 let answer = MemoryToken {
                     ticket: self.issue(
@@ -225,23 +323,46 @@ impl<H> Connection<H> {
             }
             Q::SetVringAddr { addr } => {
                 let i = self.ring_index(addr.index)?;
-                let a = self.translate(&addr)?;
+                let a = self.translate(i, &addr)?;
                 let packed = self.neg.packed();
                 let features = self.ring_features();
+                let mut changed = None;
                 if let Some(r) = self.rings.get_mut(usize::from(i)) {
                     r.addr = Some(a);
-                    if r.started
-                        && let Some(config) = r.config(packed, features)
-                    {
-                        self.events.push_back(Event::RingConfigChanged { config });
+                    if r.started {
+                        changed = r.config(packed, features);
                     }
                 }
-                self.done(code, need);
+                match changed {
+                    Some(config) => {
+                        let answer =
+                            self.ack_token(code, need, false, AfterAck::RingRebuilt { index: i });
+                        self.events
+                            .push_back(Event::RingConfigChanged { config, answer });
+                    }
+                    None => self.done(code, need),
+                }
             }
             Q::SetVringBase { index, base } => {
                 let i = self.stopped_ring(index)?;
                 if !self.neg.packed() && base.split_has_reserved_bits() {
                     return Err(Rule::SplitBaseReserved { base: base.raw() }.into());
+                }
+                // A packed ring's indexes count slots (spec §3.4): refuse now what the start
+                // would refuse (checked again there with the final size).
+                if self.neg.packed()
+                    && let Some(size) = self.rings.get(usize::from(i)).and_then(|r| r.size)
+                {
+                    let pos = crate::session::RingPosition::from_base(base, true);
+                    if pos.next_avail >= size || pos.next_used >= size {
+                        return Err(Rule::PackedBaseOutOfRange {
+                            index: i,
+                            avail: pos.next_avail,
+                            used: pos.next_used,
+                            size,
+                        }
+                        .into());
+                    }
                 }
                 if let Some(r) = self.rings.get_mut(usize::from(i)) {
                     r.base = base;
@@ -289,15 +410,20 @@ impl<H> Connection<H> {
                 if !started && !configured {
                     return Err(Rule::RingNotConfigured { index: i }.into());
                 }
+                if !started {
+                    // Refused kicks change nothing: check before the notifier is stored.
+                    self.check_start(i)?;
+                }
                 if let Some(r) = self.rings.get_mut(usize::from(i)) {
                     Self::set_notifier(&mut r.kick, fd);
                 }
                 if started {
-                    self.events.push_back(Event::KickChanged { index: i });
+                    let answer = self.ack_token(code, need, false, AfterAck::Nothing);
+                    self.events
+                        .push_back(Event::KickChanged { index: i, answer });
                 } else {
-                    self.start_ring(i)?;
+                    self.start_ring(code, need, i)?;
                 }
-                self.done(code, need);
             }
             Q::SetVringCall { index, fd } | Q::SetVringErr { index, fd } => {
                 let i = self.ring_index(index.into())?;
@@ -305,12 +431,12 @@ impl<H> Connection<H> {
                 if let Some(r) = self.rings.get_mut(usize::from(i)) {
                     Self::set_notifier(if call { &mut r.call } else { &mut r.err }, fd);
                 }
+                let answer = self.ack_token(code, need, false, AfterAck::Nothing);
                 self.events.push_back(if call {
-                    Event::CallChanged { index: i }
+                    Event::CallChanged { index: i, answer }
                 } else {
-                    Event::ErrChanged { index: i }
+                    Event::ErrChanged { index: i, answer }
                 });
-                self.done(code, need);
             }
             Q::GetProtocolFeatures => self.reply_u64(code, self.desc.protocol_features.bits())?,
             Q::SetProtocolFeatures { features } => {
@@ -326,11 +452,12 @@ impl<H> Connection<H> {
                 if let Some(r) = self.rings.get_mut(usize::from(i)) {
                     r.enabled = enable;
                 }
+                let answer = self.ack_token(code, need, false, AfterAck::Nothing);
                 self.events.push_back(Event::RingEnabled {
                     index: i,
                     enabled: enable,
+                    answer,
                 });
-                self.done(code, need);
             }
             Q::SendRarp { mac } => {
                 let answer = self.ack_token(code, need, false, AfterAck::Nothing);
@@ -341,9 +468,8 @@ impl<H> Connection<H> {
                 self.events.push_back(Event::SetMtu { mtu, answer });
             }
             Q::SetBackendReqFd { fd } => {
-                self.backend_channel = true;
-                self.events.push_back(Event::BackendChannel { fd });
-                self.done(code, need);
+                let answer = self.ack_token(code, need, false, AfterAck::BackendChannel);
+                self.events.push_back(Event::BackendChannel { fd, answer });
             }
             Q::IotlbMsg { msg } => {
                 if !matches!(msg.kind, IotlbType::Update | IotlbType::Invalidate) {
@@ -449,6 +575,7 @@ impl<H> Connection<H> {
             }
             Q::GetInflightFd { desc } => {
                 let (num_queues, queue_size) = (desc.num_queues, desc.queue_size);
+                self.check_inflight(num_queues, queue_size)?;
                 let answer = InflightToken {
                     ticket: self.issue(
                         code,
@@ -491,10 +618,11 @@ impl<H> Connection<H> {
                 let i = self.ring_index(index)?;
                 if self.rings.get(usize::from(i)).is_some_and(|r| r.started) {
                     self.events.push_back(Event::RingKicked { index: i });
+                    self.done(code, need);
                 } else {
-                    self.start_ring(i)?;
+                    self.check_start(i)?;
+                    self.start_ring(code, need, i)?;
                 }
-                self.done(code, need);
             }
             Q::GetMaxMemSlots => self.reply_u64(code, self.desc.max_mem_slots.into())?,
             Q::AddMemReg { region } => {
@@ -502,6 +630,11 @@ impl<H> Connection<H> {
                     &region.region,
                     self.desc.max_mem_slots,
                     self.gpa_regions(),
+                )?;
+                self.check_memory_limit(
+                    self.memory
+                        .total_size()
+                        .saturating_add(region.region.memory_size),
                 )?;
                 let postcopy = self.postcopy == PostcopyState::Listening;
                 let answer = MemoryToken {
@@ -520,6 +653,17 @@ impl<H> Connection<H> {
             Q::RemMemReg { region } => {
                 let i = self.memory.find(&region)?;
                 let stored = self.memory.regions().get(i).copied().unwrap_or(region);
+                // A started ring's memory cannot go away under it (spec §7.10): stop the
+                // ring first. (SET_MEM_TABLE may replace the table under running rings; the
+                // runner parks those whose areas the new table lacks.)
+                if let Some(index) = self.ring_in(stored.guest_phys_addr, stored.memory_size) {
+                    return Err(Rule::RegionInUse {
+                        gpa: stored.guest_phys_addr,
+                        size: stored.memory_size,
+                        index,
+                    }
+                    .into());
+                }
                 let answer = self.ack_token(code, need, false, AfterAck::RemoveRegion(stored));
                 self.events.push_back(Event::MemoryRegionRemoved {
                     region: stored,
@@ -586,6 +730,36 @@ impl<H> Connection<H> {
             && !self.neg.features.contains(VirtioFeatures::ACCESS_PLATFORM)
     }
 
+    /// SET_MEM_TABLE / ADD_MEM_REG: the table would hold `total` bytes.
+    fn check_memory_limit(&self, total: u64) -> Result<(), Rule> {
+        let max = self.desc.max_memory;
+        if total > max {
+            return Err(Rule::MemoryLimit { total, max });
+        }
+        Ok(())
+    }
+
+    /// GET_INFLIGHT_FD (spec §7.12): at most the device's queues, a queue size in
+    /// 1..=max_queue_size, and a buffer within `max_inflight`.
+    fn check_inflight(&self, num_queues: u16, queue_size: u16) -> Result<(), Rule> {
+        let queues = self.desc.queues;
+        if num_queues == 0 || num_queues > queues {
+            return Err(Rule::InflightQueues { num_queues, queues });
+        }
+        let max = self.desc.max_queue_size;
+        if queue_size == 0 || queue_size > max {
+            return Err(Rule::InflightQueueSize { queue_size, max });
+        }
+        let size = inflight_size(self.neg.packed(), num_queues, queue_size);
+        if size > self.desc.max_inflight {
+            return Err(Rule::InflightLimit {
+                size,
+                max: self.desc.max_inflight,
+            });
+        }
+        Ok(())
+    }
+
     fn config_range(&self, offset: u32, size: u32) -> Result<(), Rule> {
         let config_size = self.desc.config_size;
         match offset.checked_add(size) {
@@ -597,6 +771,20 @@ impl<H> Connection<H> {
             }),
         }
     }
+}
+
+/// The size of an inflight buffer for `num_queues` queues of `queue_size` entries (spec
+/// §7.12, DPDK's strides rounded up): per queue a 16-byte (split) or 32-byte (packed)
+/// header and a 16- or 32-byte record per entry, aligned to 64 bytes; saturating. An upper
+/// bound of what libvhost-user, DPDK and our runners allocate.
+pub(crate) fn inflight_size(packed: bool, num_queues: u16, queue_size: u16) -> u64 {
+    let per_desc: u64 = if packed { 32 } else { 16 };
+    let queue = u64::from(queue_size)
+        .saturating_mul(per_desc)
+        .saturating_add(per_desc)
+        .div_ceil(64)
+        .saturating_mul(64);
+    queue.saturating_mul(u64::from(num_queues))
 }
 
 /// Why a request handler stopped early.

@@ -4,7 +4,13 @@
 //! allows exactly the legal answer ([`Connection::ack`](super::Connection::ack),
 //! [`Connection::answer_ring_stopped`](super::Connection::answer_ring_stopped), ...), and
 //! answering consumes it. Until it is answered the connection decodes no further request
-//! (input is buffered), so replies keep the order of requests. Answers may come later.
+//! (input is buffered), so replies keep the order of requests. Answers may come later,
+//! from another thread (tokens are `Send`).
+//!
+//! A token dropped without an answer is noticed at the connection's next entry point
+//! (`handle_input`, `poll_event`, `poll_transmit`): the request gets its failure reply or
+//! NACK and the connection fails with
+//! [`FatalError::AnswerDropped`](crate::session::FatalError::AnswerDropped).
 
 use crate::session::ticket::Ticket;
 use crate::session::{FatalError, Rejection, RingConfig};
@@ -32,6 +38,11 @@ impl Refused {
 macro_rules! token {
     ($(#[$m:meta])* $name:ident) => {
         $(#[$m])*
+        ///
+        /// `Send`: it may be answered from another thread. Dropping it unanswered is an
+        /// embedder bug the connection detects at its next entry point: the request gets its
+        /// failure reply or NACK, then the connection fails with
+        /// [`FatalError::AnswerDropped`](crate::session::FatalError::AnswerDropped).
         #[derive(Debug, PartialEq, Eq)]
         #[must_use = "the connection waits for this answer"]
         pub struct $name {
@@ -57,6 +68,12 @@ token! {
     /// Answer with [`Connection::answer_ring_stopped`](super::Connection::answer_ring_stopped)
     /// once the ring's worker stopped, giving the position to resume from.
     RingStopToken
+}
+token! {
+    /// Answer with [`Connection::answer_ring_started`](super::Connection::answer_ring_started)
+    /// once the ring's worker runs (or could not be set up). Until then no further request is
+    /// processed, so the kick's ack (REPLY_ACK) tells the front-end the ring really runs.
+    RingStartToken
 }
 token! {
     /// Answer with [`Connection::answer_config`](super::Connection::answer_config): exactly
@@ -148,9 +165,13 @@ pub enum Event<H> {
     LogFdChanged,
     /// A ring started (SET_VRING_KICK or VRING_KICK on a configured ring, spec §7.2): build
     /// the queue from `config`; its notifiers are in [`Connection::ring`](super::Connection::ring).
+    /// The ring reads as started while the answer is outstanding; a refusal marks it stopped
+    /// again and NACKs the kick.
     RingStarted {
         /// Everything needed to run it.
         config: RingConfig,
+        /// The answer, once the worker runs.
+        answer: RingStartToken,
     },
     /// GET_VRING_BASE on a started ring: stop its worker (complete in-flight requests, or
     /// with GET_VRING_BASE_INFLIGHT record them) and answer with the position.
@@ -160,32 +181,48 @@ pub enum Event<H> {
         /// The answer.
         answer: RingStopToken,
     },
-    /// SET_VRING_ADDR on a started ring (e.g. used-ring logging toggled).
+    /// SET_VRING_ADDR on a started ring (e.g. used-ring logging toggled): rebuild the queue
+    /// on the new addresses. A refusal means it could not be: the ring is marked stopped
+    /// (GET_VRING_BASE then answers with its last known base) and the request is NACKed.
     RingConfigChanged {
         /// The new configuration.
         config: RingConfig,
+        /// The answer.
+        answer: AckToken,
     },
-    /// SET_VRING_ENABLE changed a ring's enabled flag.
+    /// SET_VRING_ENABLE changed a ring's enabled flag. A refusal NACKs; the flag stays as the
+    /// front-end set it.
     RingEnabled {
         /// Vring index.
         index: u16,
         /// The new flag.
         enabled: bool,
+        /// The answer.
+        answer: AckToken,
     },
-    /// A started ring's kick notifier was replaced.
+    /// A started ring's kick notifier was replaced. A refusal NACKs; the new notifier stays
+    /// stored and the ring stays started (a runner that cannot run it any longer parks it on
+    /// its side; GET_VRING_BASE still asks it for the position).
     KickChanged {
         /// Vring index.
         index: u16,
+        /// The answer.
+        answer: AckToken,
     },
-    /// A ring's call notifier was replaced (may happen while it runs).
+    /// A ring's call notifier was replaced (may happen while it runs). Refusal as for
+    /// [`KickChanged`](Self::KickChanged).
     CallChanged {
         /// Vring index.
         index: u16,
+        /// The answer.
+        answer: AckToken,
     },
-    /// A ring's err notifier was replaced.
+    /// A ring's err notifier was replaced. Refusal as for [`KickChanged`](Self::KickChanged).
     ErrChanged {
         /// Vring index.
         index: u16,
+        /// The answer.
+        answer: AckToken,
     },
     /// VRING_KICK on a started ring: an in-band kick (spec §7.11).
     RingKicked {
@@ -228,10 +265,14 @@ pub enum Event<H> {
         answer: AckToken,
     },
     /// SET_BACKEND_REQ_FD: the back-end channel socket; drive it with a
-    /// [`Channel`](super::Channel).
+    /// [`Channel`](super::Channel). Accepting it makes
+    /// [`has_backend_channel`](super::Connection::has_backend_channel) true; a refusal
+    /// NACKs and records nothing.
     BackendChannel {
         /// The socket.
         fd: H,
+        /// The answer.
+        answer: AckToken,
     },
     /// GPU_SET_SOCKET: the vhost-user-gpu socket (spec §12).
     GpuSocket {

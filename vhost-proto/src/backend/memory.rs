@@ -144,6 +144,38 @@ impl MemoryTable {
         })
     }
 
+    /// Translates the user range `addr..addr + len` (`len` ≥ 1) to a guest-physical address,
+    /// if one region holds all of it (spec §7.10). Checked arithmetic: a range that wraps is
+    /// in no region.
+    pub fn user_range_to_guest(&self, addr: u64, len: u64) -> Option<u64> {
+        self.regions.iter().find_map(|r| {
+            let off = addr.checked_sub(r.user_addr)?;
+            let end = off.checked_add(len)?;
+            (end <= r.memory_size).then(|| r.guest_phys_addr.checked_add(off))?
+        })
+    }
+
+    /// Whether one region holds all of the guest-physical range `gpa..gpa + len`.
+    pub fn contains_guest_range(&self, gpa: u64, len: u64) -> bool {
+        self.regions.iter().any(|r| {
+            gpa.checked_sub(r.guest_phys_addr)
+                .and_then(|off| off.checked_add(len))
+                .is_some_and(|end| end <= r.memory_size)
+        })
+    }
+
+    /// Total bytes of all regions (saturating).
+    pub fn total_size(&self) -> u64 {
+        Self::sum_sizes(&self.regions)
+    }
+
+    /// Total bytes of `regions` (saturating).
+    pub(crate) fn sum_sizes(regions: &[MemoryRegion]) -> u64 {
+        regions
+            .iter()
+            .fold(0u64, |a, r| a.saturating_add(r.memory_size))
+    }
+
     /// Whether a guest-physical address lies in some region.
     pub fn contains_guest(&self, gpa: u64) -> bool {
         self.regions.iter().any(|r| {
@@ -194,6 +226,18 @@ mod tests {
         );
         assert!(t.find(&region(0x1000, 0x800, 0x7f00_1000)).is_err());
         assert!(t.check_add(&region(0x1800, 0x10, 0), 8, false).is_err());
+        assert_eq!(t.user_range_to_guest(0x7f00_0ff0, 0x10), Some(0xff0));
+        assert_eq!(
+            t.user_range_to_guest(0x7f00_0ff0, 0x11),
+            None,
+            "spans two regions"
+        );
+        assert_eq!(t.user_range_to_guest(u64::MAX, 2), None);
+        assert!(t.contains_guest_range(0x1000, 0x1000));
+        assert!(!t.contains_guest_range(0x1001, 0x1000));
+        assert!(!t.contains_guest_range(0xfff, 2), "spans two regions");
+        assert!(!t.contains_guest_range(u64::MAX, 2));
+        assert_eq!(t.total_size(), 0x2000);
         t.remove(0);
         assert_eq!(t.regions(), &[b]);
     }

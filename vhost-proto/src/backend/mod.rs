@@ -13,10 +13,12 @@ mod ring;
 pub use crate::session::{AddressSpace, RingConfig, RingFeatures, RingPosition, Transmit};
 pub use channel::{Channel, ChannelEvent, RequestId};
 pub use connection::{Connection, PostcopyState};
-pub use description::{DeviceDescription, MAX_QUEUE_SIZE, MAX_QUEUES};
+pub use description::{
+    DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_MEMORY, DeviceDescription, MAX_QUEUE_SIZE, MAX_QUEUES,
+};
 pub use event::{
     AckToken, ConfigToken, CryptoToken, DeviceStateToken, Event, InflightToken, MemoryToken,
-    PostcopyAdviseToken, Refused, RingStopToken, SharedObjectToken,
+    PostcopyAdviseToken, Refused, RingStartToken, RingStopToken, SharedObjectToken,
 };
 pub use memory::MemoryTable;
 pub use ring::{Notifier, RingAddresses, RingState};

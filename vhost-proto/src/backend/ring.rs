@@ -42,6 +42,41 @@ pub struct RingAddresses {
     pub space: AddressSpace,
 }
 
+/// The three areas of a ring whose areas start at `desc`, `avail`, `used`: name, start, size
+/// in bytes (virtqueue.md: split desc 16·Q, avail 6 + 2·Q, used 6 + 8·Q; packed desc 16·Q,
+/// driver and device event suppression areas 4 each). Without a queue size every area
+/// counts 1 byte (only its start can be checked).
+pub(crate) fn ring_areas(
+    packed: bool,
+    num: Option<u16>,
+    desc: u64,
+    avail: u64,
+    used: u64,
+) -> [(&'static str, u64, u64); 3] {
+    let q = num.map(u64::from);
+    // Q ≤ 65535: none of these can overflow, but a wrap would only shrink a range.
+    let size = |per: u64, fixed: u64| {
+        q.map_or(1, |q| {
+            q.checked_mul(per)
+                .and_then(|n| n.checked_add(fixed))
+                .unwrap_or(u64::MAX)
+        })
+    };
+    if packed {
+        [
+            ("desc", desc, size(16, 0)),
+            ("driver", avail, q.map_or(1, |_| 4)),
+            ("device", used, q.map_or(1, |_| 4)),
+        ]
+    } else {
+        [
+            ("desc", desc, size(16, 0)),
+            ("avail", avail, size(2, 6)),
+            ("used", used, size(8, 6)),
+        ]
+    }
+}
+
 /// One ring's state: stopped/started × disabled/enabled (spec §7.2), its configuration and
 /// its notifiers. The connection owns it; read it through
 /// [`Connection::ring`](super::Connection::ring).
@@ -105,7 +140,9 @@ impl<H> RingState<H> {
         self.enabled
     }
 
-    /// Whether the ring is started (a kick arrived and no GET_VRING_BASE since).
+    /// Whether the ring is started: a kick started it (true while its
+    /// [`RingStarted`](super::Event::RingStarted) answer is outstanding), the device did not
+    /// refuse that start or a rebuild on new addresses, and no GET_VRING_BASE came since.
     pub fn started(&self) -> bool {
         self.started
     }

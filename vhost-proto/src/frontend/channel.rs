@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use crate::backend::Refused;
 use crate::session::inbox::Inbox;
-use crate::session::ticket::{Ticket, new_session_id};
+use crate::session::ticket::{DropFlag, Ticket, new_session_id};
 use crate::session::{
     ApiError, FatalError, MAX_PENDING_EVENTS, MAX_PENDING_TRANSMITS, Negotiated, Rejection, Rule,
     Transmit,
@@ -17,6 +17,10 @@ use crate::wire::{
 
 /// Answer with [`Channel::ack`]: the VMM did (or refused) what the request asked. An ack is
 /// sent only if the back-end set NEED_REPLY.
+///
+/// Dropping it unanswered is detected at the channel's next entry point: the request is
+/// NACKed (when it asked for a reply) and the channel fails with
+/// [`FatalError::AnswerDropped`].
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "the channel waits for this answer"]
 pub struct ChannelToken {
@@ -24,6 +28,9 @@ pub struct ChannelToken {
 }
 
 /// Answer with [`Channel::answer_lookup`]: the dma-buf fd of the object, or a refusal.
+///
+/// Dropping it unanswered is detected at the channel's next entry point: the lookup gets its
+/// failure reply (u64 1, no fd) and the channel fails with [`FatalError::AnswerDropped`].
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "the channel waits for this answer"]
 pub struct LookupToken {
@@ -65,6 +72,7 @@ struct Waiting {
     seq: u64,
     code: BackendReq,
     need_reply: bool,
+    dropped: DropFlag,
 }
 
 /// The front-end's side of the back-end channel.
@@ -115,6 +123,7 @@ impl<H> Channel<H> {
 
     /// The next message to write.
     pub fn poll_transmit(&mut self) -> Option<Transmit<H>> {
+        let _ = self.check_dropped();
         let t = self.transmits.pop_front();
         let _ = self.resume();
         t
@@ -122,6 +131,7 @@ impl<H> Channel<H> {
 
     /// The next request for the VMM.
     pub fn poll_event(&mut self) -> Option<ChannelEvent<H>> {
+        let _ = self.check_dropped();
         let e = self.events.pop_front();
         let _ = self.resume();
         e
@@ -150,10 +160,28 @@ impl<H> Channel<H> {
         if self.closed {
             return Err(FatalError::Closed);
         }
+        self.check_dropped()?;
         if let Err(e) = self.inbox.push(bytes, fds) {
             return Err(self.fail(e));
         }
         self.resume()
+    }
+
+    /// Notices a token dropped unanswered: the request's failure reply or NACK, then
+    /// [`FatalError::AnswerDropped`].
+    fn check_dropped(&mut self) -> Result<(), FatalError> {
+        if self.closed || !self.waiting.as_ref().is_some_and(|w| w.dropped.is_raised()) {
+            return Ok(());
+        }
+        let Some(w) = self.waiting.take() else {
+            return Ok(());
+        };
+        if w.need_reply || w.code == BackendReq::SharedObjectLookup {
+            self.push_u64(w.code.raw(), 1);
+        }
+        Err(self.fail(FatalError::AnswerDropped {
+            request: w.code.into(),
+        }))
     }
 
     fn resume(&mut self) -> Result<(), FatalError> {
@@ -186,15 +214,12 @@ impl<H> Channel<H> {
                         continue;
                     }
                     self.next_seq += 1;
-                    let ticket = Ticket {
-                        session: self.id,
-                        seq: self.next_seq,
-                        postcopy: false,
-                    };
+                    let (ticket, dropped) = Ticket::issue(self.id, self.next_seq, false);
                     self.waiting = Some(Waiting {
                         seq: self.next_seq,
                         code,
                         need_reply: need,
+                        dropped,
                     });
                     self.events.push_back(match msg.message {
                         BackendRequest::SharedObjectLookup { uuid } => {

@@ -10,7 +10,7 @@
 //! | 4 | offered protocol features (bits 0–22 used) |
 //! | 1 | offered virtio features: bit 0 EVENT_IDX, 1 RING_PACKED, 2 ACCESS_PLATFORM, 3 LOG_ALL, 4 PROTOCOL_FEATURES |
 //! | 1 | queue count (`% 4 + 1`) |
-//! | then ops | `op % 4` ∈ {0, 1, 2}: feed a chunk: u16 length, u8 fd count (`% 9`), the bytes; 3: drain transmits and events; the next byte answers every token of this drain (`% 8`: 0–5 yes, 6 refuse, 7 hold the first one until the next drain) |
+//! | then ops | `op % 4` ∈ {0, 1, 2}: feed a chunk: u16 length, u8 fd count (`% 9`), the bytes; 3: drain transmits and events; the next byte answers every token of this drain (`% 8`: 0–5 yes, 6 refuse, 7 hold the first one until the next drain; exactly `0xfd`: drop the first token unanswered, after which the connection must close with `AnswerDropped`) |
 //!
 //! # `frontend_session`
 //!
@@ -87,10 +87,31 @@ fn check_reply(t: &Transmit<H>) {
     assert!(t.fds.len() <= 1);
 }
 
+/// The choice byte that drops a token on purpose (`backend_session` only).
+const DROP_CHOICE: u8 = 0xfd;
+
+/// Whether the event carries an answer token.
+fn has_token(e: &Event<H>) -> bool {
+    !matches!(
+        e,
+        Event::FeaturesSet { .. }
+            | Event::ProtocolFeaturesSet { .. }
+            | Event::PostcopyMemoryReady
+            | Event::LogFdChanged
+            | Event::RingKicked { .. }
+            | Event::Rejected { .. }
+            | Event::ConnectionLost { .. }
+    )
+}
+
 /// A device that answers from fuzz input: yes (with made-up values), or refusal.
 struct Device {
     next_fd: H,
     held: Option<Event<H>>,
+    /// Whether the device may drop a token on purpose.
+    may_drop: bool,
+    /// Whether it did (the connection must close).
+    dropped: bool,
 }
 
 impl Device {
@@ -104,6 +125,12 @@ impl Device {
         use Event as E;
         if choice % 8 == 7 && may_hold && self.held.is_none() {
             self.held = Some(e);
+            return;
+        }
+        if choice == DROP_CHOICE && self.may_drop && !self.dropped && has_token(&e) {
+            // An embedder bug on purpose: the connection must notice, not stall.
+            self.dropped = true;
+            drop(e);
             return;
         }
         // POSTCOPY_ADVISE has no failure form a front-end can decode (spec §5 id 28).
@@ -159,6 +186,13 @@ impl Device {
                 let fd = choice.is_multiple_of(2).then(|| self.fd());
                 c.answer_device_state(answer, Ok(fd))
             }
+            E::RingStarted { answer, .. } => c.answer_ring_started(answer, Ok(())),
+            E::RingConfigChanged { answer, .. }
+            | E::RingEnabled { answer, .. }
+            | E::KickChanged { answer, .. }
+            | E::CallChanged { answer, .. }
+            | E::ErrChanged { answer, .. }
+            | E::BackendChannel { answer, .. } => c.ack(answer, Ok(())),
             E::MemoryRegionRemoved { answer, .. }
             | E::LogBase { answer, .. }
             | E::ConfigWrite { answer, .. }
@@ -173,6 +207,14 @@ impl Device {
             | E::PostcopyEnd { answer }
             | E::InflightSet { answer, .. }
             | E::DeviceStateCheck { answer } => c.ack(answer, Ok(())),
+            E::ConnectionLost { error } => {
+                // Only a dropped token or hostile input closes the connection.
+                assert!(
+                    self.dropped || !matches!(error, FatalError::AnswerDropped { .. }),
+                    "answer dropped although every token was answered"
+                );
+                Ok(())
+            }
             _ => Ok(()),
         };
         // Answers from the device we drive are always well-formed.
@@ -224,6 +266,8 @@ pub fn backend_session_replies(data: &[u8]) -> usize {
     let mut dev = Device {
         next_fd: 0,
         held: None,
+        may_drop: true,
+        dropped: false,
     };
     let mut out = Vec::new();
     while !u.is_empty() {
@@ -238,8 +282,9 @@ pub fn backend_session_replies(data: &[u8]) -> usize {
         let nfds = u.arbitrary::<u8>().unwrap_or(0) % 9;
         let bytes = u.bytes(len.min(u.len())).unwrap_or_default();
         let fds = (0..nfds).map(|_| dev.fd()).collect();
-        if conn.handle_input(bytes, fds).is_err() {
+        if let Err(e) = conn.handle_input(bytes, fds) {
             assert!(conn.is_closed());
+            assert!(dev.dropped || !matches!(e, FatalError::AnswerDropped { .. }));
             assert!(conn.handle_input(b"x", vec![]).is_err());
         }
     }
@@ -253,6 +298,9 @@ pub fn backend_session_replies(data: &[u8]) -> usize {
         conn.is_closed() || !conn.is_waiting(),
         "every token was answered"
     );
+    if dev.dropped {
+        assert!(conn.is_closed(), "a dropped token closes the connection");
+    }
     replies + out.len()
 }
 
@@ -458,6 +506,8 @@ pub fn frontend_session_completions(data: &[u8]) -> usize {
     let mut dev = Device {
         next_fd: 1 << 20,
         held: None,
+        may_drop: false,
+        dropped: false,
     };
     let mut corrupted = false;
     let mut to_vmm: Vec<Transmit<H>> = Vec::new();

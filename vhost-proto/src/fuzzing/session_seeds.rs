@@ -197,6 +197,13 @@ pub(crate) fn backend_seeds() -> Vec<(&'static str, Vec<u8>)> {
         0x11,
         backend_ops(&handshake(basic, split, true), 3, 7),
     );
+    // The device drops the first token: the back-end NACKs it and closes.
+    with(
+        "split_dropped_token",
+        basic,
+        0x11,
+        backend_ops(&handshake(basic, split, true), 1, 0xfd),
+    );
     with(
         "no_protocol_features",
         ProtocolFeatures::empty(),
@@ -395,6 +402,7 @@ fn replay_session_seeds() {
         let min = match name {
             "split_reply_ack" | "packed_all_features" | "split_refusals" => 25,
             "split_no_ack" => 8,
+            "split_dropped_token" => 6,
             _ => 0,
         };
         assert!(replies >= min, "{name}: only {replies} replies");

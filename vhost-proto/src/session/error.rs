@@ -144,6 +144,95 @@ pub enum Rule {
         /// User address.
         user: u64,
     },
+    /// A ring area (descriptor table, available/driver area, used/device area) that does not
+    /// lie entirely inside one memory region: the ring could never be mapped (spec §7.10;
+    /// sizes from virtqueue.md: split desc 16·Q, avail 6 + 2·Q, used 6 + 8·Q; packed desc 16·Q,
+    /// event areas 4 each). `size` is 1 when the queue size is not known yet (only the start
+    /// address is checked then).
+    #[error("vring {index} {area} area {addr:#x}+{size:#x} is not inside one memory region")]
+    RingAreaOutside {
+        /// Vring index.
+        index: u16,
+        /// Which area.
+        area: &'static str,
+        /// Its start (user address at SET_VRING_ADDR, guest-physical at ring start).
+        addr: u64,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// A ring cannot start without a memory table to map it from (spec §7.10).
+    #[error("vring {index} cannot start: no memory table")]
+    NoMemoryTable {
+        /// Vring index.
+        index: u16,
+    },
+    /// A packed ring's avail or used index (15 bits) is not below the ring size (spec §3.4,
+    /// virtqueue.md: indexes count descriptor slots).
+    #[error("packed vring {index} base avail {avail} / used {used} not below the size {size}")]
+    PackedBaseOutOfRange {
+        /// Vring index.
+        index: u16,
+        /// The avail index.
+        avail: u16,
+        /// The used index.
+        used: u16,
+        /// The ring size.
+        size: u16,
+    },
+    /// SET_FEATURES changes the ring layout features (RING_PACKED, EVENT_IDX) while a ring
+    /// runs on the old layout (spec §7.2: stop rings with GET_VRING_BASE first). Other bits
+    /// (LOG_ALL during migration, spec §7.7) may change.
+    #[error("features {changed:?} change while vring {index} is started")]
+    RingFeaturesChanged {
+        /// The layout bits that would change.
+        changed: VirtioFeatures,
+        /// A started ring.
+        index: u16,
+    },
+    /// REM_MEM_REG of a region a started ring lives in (spec §5 id 38, §7.10).
+    #[error("memory region {gpa:#x}+{size:#x} holds started vring {index}")]
+    RegionInUse {
+        /// Guest-physical start of the region.
+        gpa: u64,
+        /// Its size.
+        size: u64,
+        /// The ring that lives in it.
+        index: u16,
+    },
+    /// SET_MEM_TABLE / ADD_MEM_REG beyond the device's memory limit
+    /// ([`DeviceDescription::max_memory`](crate::backend::DeviceDescription::max_memory)).
+    #[error("{total:#x} bytes of guest memory exceed the limit of {max:#x}")]
+    MemoryLimit {
+        /// Total bytes of all regions the table would hold.
+        total: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// GET_INFLIGHT_FD for more queues than the device has (spec §7.12).
+    #[error("inflight buffer for {num_queues} queues, the device has {queues}")]
+    InflightQueues {
+        /// Queues asked for.
+        num_queues: u16,
+        /// The device's queue count.
+        queues: u16,
+    },
+    /// GET_INFLIGHT_FD with a queue size of 0 or above the device's maximum (spec §7.12).
+    #[error("inflight queue size {queue_size} outside 1..={max}")]
+    InflightQueueSize {
+        /// The queue size asked for.
+        queue_size: u16,
+        /// The device's maximum queue size.
+        max: u16,
+    },
+    /// GET_INFLIGHT_FD whose buffer would exceed the device's limit
+    /// ([`DeviceDescription::max_inflight`](crate::backend::DeviceDescription::max_inflight)).
+    #[error("inflight buffer of {size} bytes exceeds the limit of {max}")]
+    InflightLimit {
+        /// The buffer size the request implies.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A config access beyond the device's config space (spec §3.11).
     #[error("config access offset {offset} size {size} beyond the {config_size}-byte space")]
     ConfigRange {
@@ -256,6 +345,16 @@ pub enum FatalError {
         request: ReqCode,
         /// The encoder's error.
         error: EncodeError,
+    },
+    /// An answer token was dropped without being answered (or was passed to an answer that
+    /// did not fit and so was lost). An embedder bug: the request's failure reply or NACK was
+    /// sent so the peer is not left waiting, but the state the token guarded (a ring the
+    /// runner may or may not run, memory it may or may not have mapped, ...) can no longer be
+    /// trusted, so the connection closes.
+    #[error("the answer token for {request} was dropped without an answer")]
+    AnswerDropped {
+        /// The request whose answer was dropped.
+        request: ReqCode,
     },
     /// The session already failed fatally.
     #[error("session closed by an earlier fatal error")]

@@ -6,8 +6,9 @@ use std::collections::VecDeque;
 use super::error::FatalError;
 use super::{MAX_BUFFERED_FDS, MAX_BUFFERED_INPUT};
 
-/// Buffered `(bytes, fds)` chunks in arrival order. Chunks without fds are merged into a
-/// previous chunk without fds, which keeps every fd at the start of the bytes it came with.
+/// Buffered `(bytes, fds)` chunks in arrival order. A chunk with fds is kept apart (its fds
+/// belong to the last header that begins in its bytes, so merging later bytes into it would
+/// move them); chunks without fds are merged into a previous chunk without fds.
 #[derive(Debug)]
 pub(crate) struct Inbox<H> {
     chunks: VecDeque<(Vec<u8>, Vec<H>)>,

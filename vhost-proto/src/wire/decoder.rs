@@ -188,20 +188,35 @@ impl<H> WireMessage for BackendReply<H> {
     }
 }
 
-/// One chunk of input: the bytes of one `recvmsg` and the fd handles that came with them.
+/// One chunk of input: the bytes of exactly one `recvmsg` and the fd handles that came with
+/// them.
 ///
-/// The fds belong to the first message whose header **begins** in these bytes (spec §1).
+/// The fds belong to the **last** message whose header begins in these bytes: the peer sends
+/// each message with one `sendmsg` (its fds go with the first byte of the header, spec §1),
+/// and Linux ends a read right after a segment that carries fds but may merge earlier
+/// fd-less segments into the same read, so one read can hold whole fd-less messages (QEMU
+/// pipelines SET_VRING_ADDR before SET_VRING_KICK) followed by the start of the message the
+/// fds came with. The decoder finds that header from its own framing state
+/// ([`Decoder::last_header_start`]), so a read may be split anywhere. Fds in a read where no
+/// header begins are fatal ([`DecodeError::FdsWithoutHeader`]).
+///
 /// Keep calling [`Decoder::decode`] with the same `Input` until it returns `Ok(None)`.
 #[derive(Debug)]
 pub struct Input<'a, H> {
     bytes: &'a [u8],
     fds: Vec<H>,
+    /// How many of `bytes` come before the header the fds belong to, once located.
+    fds_at: Option<usize>,
 }
 
 impl<'a, H> Input<'a, H> {
-    /// A chunk of `bytes` received together with `fds`.
+    /// A chunk of `bytes` received together with `fds` (one read).
     pub fn new(bytes: &'a [u8], fds: Vec<H>) -> Self {
-        Input { bytes, fds }
+        Input {
+            bytes,
+            fds,
+            fds_at: None,
+        }
     }
 
     /// The bytes not consumed yet.
@@ -215,8 +230,9 @@ impl<'a, H> Input<'a, H> {
     }
 
     /// Splits off the unconsumed rest: the bytes not decoded yet and the fds not yet assigned
-    /// to a message (they belong to the next header that begins in those bytes). A session
-    /// uses it to buffer input while it waits for an answer.
+    /// to a message (they still belong to the last header that begins in those bytes, so the
+    /// rest can be fed again later as one `Input` to the same decoder). A session uses it to
+    /// buffer input while it waits for an answer.
     pub fn into_parts(self) -> (&'a [u8], Vec<H>) {
         (self.bytes, self.fds)
     }
@@ -225,6 +241,9 @@ impl<'a, H> Input<'a, H> {
         let n = n.min(self.bytes.len());
         let (head, tail) = self.bytes.split_at(n);
         self.bytes = tail;
+        if let Some(at) = self.fds_at.as_mut() {
+            *at = at.saturating_sub(n);
+        }
         head
     }
 }
@@ -357,6 +376,46 @@ impl<M: WireMessage> Decoder<M> {
         matches!(self.state, State::Header) && self.header_len == 0
     }
 
+    /// The offset in `bytes` of the last message header that begins there, if any, when
+    /// `bytes` is the next read of this stream: where the fds of that read belong (see
+    /// [`Input`]). Follows the framing only (12-byte header, `size` bytes of payload), from
+    /// the decoder's current state; changes nothing. `None` also when poisoned.
+    pub fn last_header_start(&self, bytes: &[u8]) -> Option<usize> {
+        let (mut header, mut header_len, mut body_left) = match self.state {
+            State::Poisoned => return None,
+            State::Header => (self.header, self.header_len, 0),
+            State::Body { size, .. } => ([0; HEADER_SIZE], 0, size.saturating_sub(self.body.len())),
+            State::Skip { left, .. } => ([0; HEADER_SIZE], 0, left),
+        };
+        let mut pos = 0usize;
+        let mut last = None;
+        while let Some(rest) = bytes.get(pos..).filter(|r| !r.is_empty()) {
+            if body_left > 0 {
+                let n = body_left.min(rest.len());
+                pos += n;
+                body_left -= n;
+                continue;
+            }
+            if header_len == 0 {
+                last = Some(pos);
+            }
+            let n = HEADER_SIZE.saturating_sub(header_len).min(rest.len());
+            if let (Some(dst), Some(src)) =
+                (header.get_mut(header_len..header_len + n), rest.get(..n))
+            {
+                dst.copy_from_slice(src);
+            }
+            header_len += n;
+            pos += n;
+            if header_len == HEADER_SIZE {
+                let size = Header::read_from_bytes(&header).map_or(0, |h| h.size);
+                body_left = usize::try_from(size).unwrap_or(usize::MAX);
+                header_len = 0;
+            }
+        }
+        last
+    }
+
     /// Capacity of the body buffer; never above [`MAX_PAYLOAD_SIZE`].
     pub fn buffered_capacity(&self) -> usize {
         self.body.capacity()
@@ -387,6 +446,17 @@ impl<M: WireMessage> Decoder<M> {
         &mut self,
         input: &mut Input<'_, M::Handle>,
     ) -> Result<Option<Received<M>>, DecodeError> {
+        if !input.fds.is_empty() && input.fds_at.is_none() && !self.is_poisoned() {
+            match self.last_header_start(input.bytes) {
+                Some(at) => input.fds_at = Some(at),
+                None => {
+                    // No header begins in this read: its fds belong to no message.
+                    let count = mem::take(&mut input.fds).len();
+                    input.bytes = &[];
+                    return Err(self.poison(DecodeError::FdsWithoutHeader { count }));
+                }
+            }
+        }
         let result = self.decode_inner(input);
         if input.bytes.is_empty() && !input.fds.is_empty() && !self.is_poisoned() {
             // The chunk is used up and no header began after its fds' turn: report it now,
@@ -418,8 +488,13 @@ impl<M: WireMessage> Decoder<M> {
                 State::Poisoned => {}
                 State::Header => {
                     if self.header_len == 0 {
-                        // This chunk's fds belong to the message whose header begins here.
-                        self.fds = mem::take(&mut input.fds);
+                        // The read's fds belong to the last header that begins in it.
+                        self.fds = if input.fds_at == Some(0) {
+                            input.fds_at = None;
+                            mem::take(&mut input.fds)
+                        } else {
+                            Vec::new()
+                        };
                     }
                     let want = HEADER_SIZE.saturating_sub(self.header_len);
                     let got = input.take(want);
@@ -594,6 +669,227 @@ impl<M: WireMessage> Decoder<M> {
             }),
             Err(e) if e.is_fatal() => Err(self.poison(e)),
             Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::wire::{MemoryRegion, RegionFd, VringAddr, VringAddrFlags};
+
+    type Q = FrontendRequest<i32>;
+
+    fn raw(size: u32) -> Vec<u8> {
+        let mut v = vec![0u8; HEADER_SIZE];
+        v[4..8].copy_from_slice(&1u32.to_ne_bytes());
+        v[8..12].copy_from_slice(&size.to_ne_bytes());
+        v.extend(std::iter::repeat_n(0xaa, size as usize));
+        v
+    }
+
+    /// Ported from the std binding's `Framer`: the last header start of each half of every
+    /// split of three messages.
+    #[test]
+    fn last_header_start_in_any_split() {
+        let mut all = raw(8);
+        all.extend(raw(0));
+        all.extend(raw(40));
+        let starts = [0usize, 20, 32];
+        for cut in 0..all.len() {
+            let (a, b) = all.split_at(cut);
+            let mut d = FrontendRequestDecoder::<i32>::new(DecodeContext::default());
+            let la = d.last_header_start(a);
+            // Move the decoder over `a` as a stream reader would (the payloads are invalid
+            // for code 0, which is unknown: skipped, not fatal).
+            let mut input = Input::new(a, vec![]);
+            while let Ok(Some(_)) | Err(DecodeError::UnknownRequest { .. }) = d.decode(&mut input) {
+            }
+            let lb = d.last_header_start(b).map(|x| x + cut);
+            let exp_a = starts.iter().rev().find(|&&s| s < cut).copied();
+            let exp_b = starts.iter().rev().find(|&&s| s >= cut).copied();
+            assert_eq!(la, exp_a, "cut {cut}");
+            assert_eq!(lb, exp_b, "cut {cut}");
+        }
+    }
+
+    fn messages() -> Vec<Q> {
+        let region = |gpa| MemoryRegion {
+            guest_phys_addr: gpa,
+            memory_size: 0x1000,
+            user_addr: 0x7000_0000 + gpa,
+            mmap_offset: 0,
+            xen: None,
+        };
+        vec![
+            Q::GetFeatures,
+            Q::SetVringNum { index: 0, num: 256 },
+            Q::SetVringAddr {
+                addr: VringAddr {
+                    index: 0,
+                    flags: VringAddrFlags::empty(),
+                    desc: 0x7000_0000,
+                    avail: 0x7000_1000,
+                    used: 0x7000_2000,
+                    log: 0,
+                },
+            },
+            Q::SetVringKick {
+                index: 0,
+                fd: Some(10),
+            },
+            Q::SetVringCall {
+                index: 0,
+                fd: Some(11),
+            },
+            Q::GetFeatures,
+            Q::SetVringErr { index: 0, fd: None },
+            Q::SetMemTable {
+                regions: vec![
+                    RegionFd {
+                        region: region(0),
+                        fd: 12,
+                    },
+                    RegionFd {
+                        region: region(0x1000),
+                        fd: 13,
+                    },
+                ],
+            },
+            Q::SetOwner,
+        ]
+    }
+
+    /// Decodes `stream` cut at `cuts` (sorted offsets), each read with the fds of the
+    /// messages whose first byte it holds.
+    fn decode_reads(
+        stream: &[u8],
+        starts: &[(usize, Vec<i32>)],
+        cuts: &[usize],
+    ) -> Result<Vec<Q>, DecodeError> {
+        let mut d = FrontendRequestDecoder::<i32>::new(DecodeContext::default());
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &to in cuts.iter().chain(std::iter::once(&stream.len())) {
+            if to <= from {
+                continue;
+            }
+            let fds: Vec<i32> = starts
+                .iter()
+                .filter(|(s, _)| (from..to).contains(s))
+                .flat_map(|(_, f)| f.clone())
+                .collect();
+            let mut input = Input::new(&stream[from..to], fds);
+            while let Some(m) = d.decode(&mut input)? {
+                out.push(m.message);
+            }
+            from = to;
+        }
+        Ok(out)
+    }
+
+    /// Where each message starts, with its fds.
+    type Starts = Vec<(usize, Vec<i32>)>;
+
+    /// The stream of [`messages`], its starts, and where each message with fds ends.
+    fn encoded() -> (Vec<u8>, Starts, Vec<usize>) {
+        let ctx = DecodeContext::default();
+        let mut stream = Vec::new();
+        let mut starts = Vec::new();
+        let mut fd_ends = Vec::new();
+        for m in messages() {
+            let e = m.encode(false, &ctx).unwrap();
+            starts.push((stream.len(), e.fds.clone()));
+            stream.extend_from_slice(&e.bytes);
+            if !e.fds.is_empty() {
+                fd_ends.push(stream.len());
+            }
+        }
+        (stream, starts, fd_ends)
+    }
+
+    #[test]
+    fn fds_go_to_the_last_header_of_a_read() {
+        let (stream, starts, fd_ends) = encoded();
+        // QEMU pipelining: NUM, ADDR and the start of KICK in one read, the KICK's fd with it.
+        let kick = starts[3].0;
+        let mut cuts = vec![starts[1].0, kick + 3];
+        cuts.extend(fd_ends);
+        let got = decode_reads(&stream, &starts, &cuts).unwrap();
+        assert_eq!(got, messages());
+        // Byte by byte.
+        let cuts: Vec<usize> = (1..stream.len()).collect();
+        assert_eq!(decode_reads(&stream, &starts, &cuts).unwrap(), messages());
+    }
+
+    #[test]
+    fn fds_in_a_read_without_header_are_fatal() {
+        let (stream, _, _) = encoded();
+        let mut d = FrontendRequestDecoder::<i32>::new(DecodeContext::default());
+        // Half of GET_FEATURES' header, then the rest of it with an fd: no header begins.
+        let mut a = Input::new(&stream[..6], vec![]);
+        assert_eq!(d.decode(&mut a), Ok(None));
+        let mut b = Input::new(&stream[6..12], vec![1]);
+        assert_eq!(
+            d.decode(&mut b),
+            Err(DecodeError::FdsWithoutHeader { count: 1 })
+        );
+        assert!(d.is_poisoned());
+        // A read of nothing but fds.
+        let mut d = FrontendRequestDecoder::<i32>::new(DecodeContext::default());
+        let mut c = Input::new(&[], vec![1, 2]);
+        assert_eq!(
+            d.decode(&mut c),
+            Err(DecodeError::FdsWithoutHeader { count: 2 })
+        );
+    }
+
+    proptest! {
+        /// Random reads of the stream, cut as Linux may: anywhere, but always right after
+        /// the bytes of a message that carries fds (a read ends after a segment with fds).
+        #[test]
+        fn fds_land_on_their_message_in_any_split(
+            cuts in prop::collection::btree_set(1usize..400, 0..40),
+        ) {
+            let (stream, starts, fd_ends) = encoded();
+            let mut cuts: Vec<usize> =
+                cuts.into_iter().filter(|&c| c < stream.len()).chain(fd_ends).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            prop_assert_eq!(decode_reads(&stream, &starts, &cuts).unwrap(), messages());
+        }
+
+        /// The rest of a read fed again after `into_parts` (how a session buffers while it
+        /// waits) keeps its fds for the last header.
+        #[test]
+        fn rest_of_a_read_keeps_its_fds(stop in 0usize..4) {
+            let ctx = DecodeContext::default();
+            let all = messages();
+            let want = [all[1].clone(), all[2].clone(), all[0].clone(), all[4].clone()];
+            let mut stream = Vec::new();
+            let mut fds = Vec::new();
+            for m in want.iter().cloned() {
+                let e = m.encode(false, &ctx).unwrap();
+                stream.extend_from_slice(&e.bytes);
+                fds.extend(e.fds);
+            }
+            let mut d = FrontendRequestDecoder::<i32>::new(ctx);
+            let mut input = Input::new(&stream, fds);
+            let mut out = Vec::new();
+            while out.len() < stop {
+                let Some(m) = d.decode(&mut input).unwrap() else { break };
+                out.push(m.message);
+            }
+            let (rest, fds) = input.into_parts();
+            let mut again = Input::new(rest, fds);
+            while let Some(m) = d.decode(&mut again).unwrap() {
+                out.push(m.message);
+            }
+            prop_assert_eq!(&out[..], &want[..]);
         }
     }
 }
