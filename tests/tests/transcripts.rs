@@ -427,9 +427,9 @@ enum Split {
     Random(u64),
 }
 
-/// Cuts the concatenated stream into reads. A message carrying fds always starts a read
-/// (the kernel never merges data across different SCM_RIGHTS messages), and that read
-/// carries the fds, as a real `recvmsg` would.
+/// Cuts the concatenated stream into reads as Linux delivers them: a read ends right after
+/// a message carrying fds (fd-less messages before it may share the read), and the read in
+/// which that message begins carries its fds.
 fn chunks(msgs: &[PeerMsg], split: Split) -> Vec<(Vec<u8>, Vec<i32>)> {
     let stream: Vec<u8> = msgs.iter().flat_map(|m| m.bytes.clone()).collect();
     let mut starts = Vec::new();
@@ -437,10 +437,15 @@ fn chunks(msgs: &[PeerMsg], split: Split) -> Vec<(Vec<u8>, Vec<i32>)> {
     let mut at = 0;
     for m in msgs {
         starts.push(at);
-        if !m.fds.is_empty() || matches!(split, Split::PerMessage) {
+        if matches!(split, Split::PerMessage) {
             forced[at] = true;
         }
         at += m.bytes.len();
+        // Linux ends a read right after a segment that carries fds (it may merge fd-less
+        // segments before it): the fds belong to the last header that starts in a read.
+        if !m.fds.is_empty() {
+            forced[at] = true;
+        }
     }
     let mut cuts: Vec<usize> = (1..stream.len()).filter(|&i| forced[i]).collect();
     match split {

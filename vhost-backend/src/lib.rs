@@ -24,7 +24,6 @@ mod channel;
 mod device;
 pub mod echo;
 mod error;
-mod framing;
 mod obj;
 pub mod os;
 mod queue;
@@ -34,8 +33,6 @@ pub mod state;
 pub use channel::{BackendChannel, DEFAULT_CHANNEL_TIMEOUT};
 pub use device::{Device, FnHandler, QueueHandler, Source, handler_fn};
 pub use error::{BindError, ChannelError, OsError, QueueError};
-#[doc(hidden)]
-pub use framing::Framer;
 pub use obj::{ReadObj, WriteObj};
 pub use queue::{Chain, ChainLengths, ChainReader, ChainWriter, Memory, Queue};
 pub use served::{Drained, ServedQueue};

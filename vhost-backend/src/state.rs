@@ -28,6 +28,7 @@ use std::task::Poll;
 use vhost_proto::backend::{
     AckToken, Connection, Event, MemoryToken, Refused, RingState, RingStopToken,
 };
+// RingStartToken is answered through `answer_ring_started`.
 use vhost_proto::session::{AddressSpace, ApiError, RingConfig, RingPosition};
 use vhost_proto::wire::{InflightDesc, RegionFd, VringEndian};
 use vring::inflight::RingLayout;
@@ -96,7 +97,10 @@ enum Pending {
     /// GET_VRING_BASE.
     Stop { index: u16, answer: RingStopToken },
     /// SET_VRING_ADDR on a started ring: restart it with the new addresses.
-    Restart { config: RingConfig },
+    Restart {
+        config: RingConfig,
+        answer: AckToken,
+    },
     /// A new memory map, installed once every ring is quiet.
     Memory {
         map: MemoryMap,
@@ -332,37 +336,41 @@ impl<D: Device + ?Sized> SessionState<D> {
                     Err(e) => self.conn.ack(answer, Err(mapping_failed(e))),
                 }
             }
-            Event::RingStarted { config } => {
-                self.start_ring(&config, rings);
-                Ok(())
+            Event::RingStarted { config, answer } => {
+                let r = self.start_ring(&config, rings);
+                self.conn.answer_ring_started(answer, r)
             }
             Event::RingStopped { index, answer } => {
                 self.begin(Pending::Stop { index, answer }, rings);
                 Ok(())
             }
-            Event::RingConfigChanged { config } => {
-                self.begin(Pending::Restart { config }, rings);
+            Event::RingConfigChanged { config, answer } => {
+                self.begin(Pending::Restart { config, answer }, rings);
                 Ok(())
             }
-            Event::RingEnabled { index, enabled } => {
+            Event::RingEnabled {
+                index,
+                enabled,
+                answer,
+            } => {
                 if let Some(e) = self.enabled.get(usize::from(index)) {
                     e.store(enabled, Ordering::Release);
                 }
                 self.device.queue_enabled(index, enabled);
                 rings.ring_enabled(self, index, enabled);
-                Ok(())
+                self.conn.ack(answer, Ok(()))
             }
-            Event::KickChanged { index } => {
+            Event::KickChanged { index, answer } => {
                 rings.notifier_changed(self, index, Notifier::Kick);
-                Ok(())
+                self.conn.ack(answer, Ok(()))
             }
-            Event::CallChanged { index } => {
+            Event::CallChanged { index, answer } => {
                 rings.notifier_changed(self, index, Notifier::Call);
-                Ok(())
+                self.conn.ack(answer, Ok(()))
             }
-            Event::ErrChanged { index } => {
+            Event::ErrChanged { index, answer } => {
                 rings.notifier_changed(self, index, Notifier::Err);
-                Ok(())
+                self.conn.ack(answer, Ok(()))
             }
             Event::RingKicked { index } => {
                 rings.ring_kicked(self, index);
@@ -405,12 +413,12 @@ impl<D: Device + ?Sized> SessionState<D> {
                 let r = self.device.set_mtu(mtu);
                 self.conn.ack(answer, r)
             }
-            Event::BackendChannel { fd } => {
+            Event::BackendChannel { fd, answer } => {
                 self.sync_gate();
                 let channel =
                     BackendChannel::with_gate(UnixStream::from(fd), Arc::clone(&self.gate));
                 self.device.backend_channel_opened(channel);
-                Ok(())
+                self.conn.ack(answer, Ok(()))
             }
             Event::InflightGet {
                 num_queues,
@@ -462,7 +470,7 @@ impl<D: Device + ?Sized> SessionState<D> {
     fn begin<R: Rings<D> + ?Sized>(&mut self, op: Pending, rings: &mut R) {
         let stopping: Vec<u16> = match &op {
             Pending::Stop { index, .. } => vec![*index],
-            Pending::Restart { config } => vec![config.index],
+            Pending::Restart { config, .. } => vec![config.index],
             Pending::Memory { .. } | Pending::Reset { .. } | Pending::Close => {
                 (0..self.running.len())
                     .filter_map(|i| u16::try_from(i).ok())
@@ -560,7 +568,7 @@ impl<D: Device + ?Sized> SessionState<D> {
                 // (libvhost-user drops the old notifiers here too).
                 self.conn.answer_ring_stopped(answer, position)
             }
-            Pending::Restart { config } => {
+            Pending::Restart { config, answer } => {
                 let index = config.index;
                 let old = stopped.into_iter().next().or_else(|| {
                     self.parked
@@ -574,8 +582,8 @@ impl<D: Device + ?Sized> SessionState<D> {
                         .unwrap_or(config.position),
                     ..config
                 };
-                self.start_ring(&config, rings);
-                Ok(())
+                let r = self.start_ring(&config, rings);
+                self.conn.ack(answer, r)
             }
             Pending::Memory { map, answer } => {
                 self.memory = map;
@@ -655,35 +663,45 @@ impl<D: Device + ?Sized> SessionState<D> {
     }
 
     /// Builds ring `config.index`'s queue and handler and hands them to `rings`; a ring
-    /// that cannot run here is refused (logged and left stopped).
-    fn start_ring<R: Rings<D> + ?Sized>(&mut self, config: &RingConfig, rings: &mut R) {
+    /// that cannot run here is refused (the start is NACKed and the ring left stopped).
+    fn start_ring<R: Rings<D> + ?Sized>(
+        &mut self,
+        config: &RingConfig,
+        rings: &mut R,
+    ) -> Result<(), Refused> {
         let index = config.index;
         if let Some(p) = self.parked.get_mut(usize::from(index)) {
             *p = None;
         }
         match self.build(config) {
-            Ok(q) => self.run(q, rings),
-            Err(why) => log::error!("vhost-backend: queue {index} cannot start: {why}"),
+            Ok(q) => {
+                self.run(q, rings);
+                Ok(())
+            }
+            Err(why) => {
+                log::warn!("vhost-backend: queue {index} cannot start: {why:?}");
+                Err(why)
+            }
         }
     }
 
-    fn build(&self, config: &RingConfig) -> Result<ServedQueue, String> {
+    fn build(&self, config: &RingConfig) -> Result<ServedQueue, Refused> {
         let queue = self.build_queue(config)?;
-        let handler = self
-            .device
-            .clone()
-            .start_queue(&queue)
-            .map_err(|r| r.reason.unwrap_or("refused by the device").to_string())?;
+        let handler = self.device.clone().start_queue(&queue)?;
         Ok(ServedQueue::new(queue, handler))
     }
 
-    fn build_queue(&self, config: &RingConfig) -> Result<Queue, String> {
+    fn build_queue(&self, config: &RingConfig) -> Result<Queue, Refused> {
         let index = config.index;
         if config.address_space == AddressSpace::Iova {
-            return Err("IOVA ring addresses (IOMMU_PLATFORM) are not supported".into());
+            return Err(Refused::because(
+                "IOVA ring addresses (IOMMU_PLATFORM) are not supported",
+            ));
         }
         if config.endian.is_some_and(|e| e != VringEndian::Little) {
-            return Err("big-endian legacy rings are not supported".into());
+            return Err(Refused::because(
+                "big-endian legacy rings are not supported",
+            ));
         }
         let qc = vring::QueueConfig {
             size: config.size,
@@ -706,7 +724,7 @@ impl<D: Device + ?Sized> SessionState<D> {
         let enabled = self
             .enabled
             .get(usize::from(index))
-            .ok_or_else(|| format!("no ring {index}"))?;
+            .ok_or(Refused::because("no such ring"))?;
         let on = self.conn.ring(index).is_some_and(|r| r.enabled());
         enabled.store(on, Ordering::Release);
         let mut queue = Queue::new(
@@ -717,7 +735,10 @@ impl<D: Device + ?Sized> SessionState<D> {
             position,
             Arc::clone(enabled),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            log::warn!("vhost-backend: queue {index}: the ring cannot be set up: {e}");
+            Refused::because("the ring is not in guest memory or is malformed")
+        })?;
         if let Some(inflight) = &self.inflight {
             let layout = if config.packed {
                 RingLayout::Packed

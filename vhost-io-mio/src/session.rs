@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
+use vhost_backend::Device;
 use vhost_backend::os::socket::{recv_with_fds, send_with_fds};
 use vhost_backend::state::SessionState;
-use vhost_backend::{Device, Framer};
 use vhost_proto::backend::{Connection, Event, Transmit};
 
 use crate::Error;
@@ -71,7 +71,6 @@ pub struct Session<D: Device + ?Sized> {
     /// The protocol core, the device, guest memory: the event handling shared with the
     /// std binding.
     state: SessionState<D>,
-    framer: Framer,
     out: Option<Outgoing>,
     rings: Box<[Ring]>,
     token: Option<Token>,
@@ -102,7 +101,6 @@ impl<D: Device + ?Sized> Session<D> {
         Session {
             stream,
             state,
-            framer: Framer::default(),
             out: None,
             rings,
             token: None,
@@ -295,21 +293,9 @@ impl<D: Device + ?Sized> Session<D> {
             };
             got = true;
             let bytes = buf.get(..n).unwrap_or_default();
-            // The fds belong to the last message whose header starts in this read.
-            let split = self
-                .framer
-                .last_header_start(bytes)
-                .filter(|&s| s > 0 && !fds.is_empty());
-            match split.and_then(|s| Some((bytes.get(..s)?, bytes.get(s..)?))) {
-                Some((before, last)) => {
-                    self.state
-                        .connection_mut()
-                        .handle_input(before, Vec::new())?;
-                    self.pump(registry)?;
-                    self.state.connection_mut().handle_input(last, fds)?;
-                }
-                None => self.state.connection_mut().handle_input(bytes, fds)?,
-            }
+            // The connection attributes the fds to the last message whose header starts
+            // in this read.
+            self.state.connection_mut().handle_input(bytes, fds)?;
             self.pump(registry)?;
         }
         Ok(if got { Read::Some } else { Read::Nothing })

@@ -18,7 +18,7 @@ use rustix::io::Errno;
 use vhost_backend::os::eventfd::EventFd;
 use vhost_backend::os::socket::{recv_with_fds, send_all_with_fds};
 use vhost_backend::state::{Notifier, Rings, SessionState};
-use vhost_backend::{Device, Framer, ServedQueue};
+use vhost_backend::{Device, ServedQueue};
 use vhost_proto::backend::Event;
 
 use crate::ServeError;
@@ -53,7 +53,6 @@ struct Workers {
 pub(crate) struct Session<D: Device> {
     state: SessionState<D>,
     workers: Workers,
-    framer: Framer,
 }
 
 /// What a session needs from its server.
@@ -75,7 +74,6 @@ impl<D: Device> Session<D> {
                 slots: (0..n).map(|_| None).collect(),
                 done: Arc::new(EventFd::new(true).map_err(|e| ServeError::io("eventfd", e))?),
             },
-            framer: Framer::default(),
         })
     }
 
@@ -169,7 +167,7 @@ impl<D: Device> Session<D> {
             };
             let bytes = buf.get(..n).unwrap_or_default();
             self.feed(stream, bytes, fds)?;
-            partial_since = if self.framer.mid_message() {
+            partial_since = if self.state.connection().is_mid_message() {
                 partial_since.or(Some(Instant::now()))
             } else {
                 None
@@ -177,28 +175,15 @@ impl<D: Device> Session<D> {
         }
     }
 
-    /// Feeds one read to the connection (its fds with the last header that begins in it)
-    /// and handles what follows.
+    /// Feeds one read and its fds to the connection (it attributes the fds to their
+    /// message) and handles what follows.
     fn feed(
         &mut self,
         stream: &UnixStream,
         bytes: &[u8],
         fds: Vec<OwnedFd>,
     ) -> Result<(), ServeError> {
-        let split = self
-            .framer
-            .last_header_start(bytes)
-            .filter(|&s| s > 0 && !fds.is_empty());
-        match split.and_then(|s| Some((bytes.get(..s)?, bytes.get(s..)?))) {
-            Some((before, last)) => {
-                self.state
-                    .connection_mut()
-                    .handle_input(before, Vec::new())?;
-                self.drain(stream)?;
-                self.state.connection_mut().handle_input(last, fds)?;
-            }
-            None => self.state.connection_mut().handle_input(bytes, fds)?,
-        }
+        self.state.connection_mut().handle_input(bytes, fds)?;
         self.drain(stream)
     }
 

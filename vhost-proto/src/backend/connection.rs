@@ -240,6 +240,12 @@ impl<H> Connection<H> {
         if self.closed { 0 } else { self.inbox.room() }
     }
 
+    /// Whether the input so far ends inside a message (a partial header or body is
+    /// buffered): a peer that stays here for long has stalled.
+    pub fn is_mid_message(&self) -> bool {
+        !self.decoder.is_idle()
+    }
+
     /// Whether an answer token is outstanding (no request is processed until it is answered).
     pub fn is_waiting(&self) -> bool {
         self.waiting.is_some()
