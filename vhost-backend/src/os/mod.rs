@@ -7,6 +7,8 @@
 //! - [`socket`]: `sendmsg`/`recvmsg` with SCM_RIGHTS, for blocking and
 //!   non-blocking sockets.
 //! - [`eventfd`]: the kick/call/err notifier (an eventfd, or a pipe).
+//! - [`notifier`]: checking the notifier fds a front-end sends
+//!   ([`EventFd::from_peer`](eventfd::EventFd::from_peer)).
 //! - [`memfd`]: anonymous shared files (guest memory in tests, the inflight
 //!   buffer).
 //! - [`mmap`]: mapping memory regions (through vm-memory) and other shared
@@ -15,6 +17,7 @@
 pub mod eventfd;
 pub mod memfd;
 pub mod mmap;
+pub mod notifier;
 pub mod socket;
 
 #[cfg(test)]
