@@ -1,8 +1,9 @@
 //! Operating-system helpers shared by the IO crates.
 //!
-//! Everything here goes through `rustix`'s safe wrappers; the only `unsafe`
-//! code is in [`mmap`] (creating and unmapping a shared mapping), each block
-//! with its `SAFETY` argument.
+//! Everything here goes through `rustix`'s safe wrappers where it has them;
+//! the only `unsafe` code is in [`mmap`] (creating and unmapping a shared
+//! mapping) and [`sigbus`] (the signal handler, through `libc`, as rustix has
+//! no `sigaction`), each block with its `SAFETY` argument.
 //!
 //! - [`socket`]: `sendmsg`/`recvmsg` with SCM_RIGHTS, for blocking and
 //!   non-blocking sockets.
@@ -13,11 +14,14 @@
 //!   buffer).
 //! - [`mmap`]: mapping memory regions (through vm-memory) and other shared
 //!   ranges (inflight buffer, dirty log).
+//! - [`sigbus`]: containing SIGBUS from a shared file a peer shrinks under
+//!   our mapping.
 
 pub mod eventfd;
 pub mod memfd;
 pub mod mmap;
 pub mod notifier;
+pub mod sigbus;
 pub mod socket;
 
 #[cfg(test)]
