@@ -42,7 +42,7 @@ fn hostile_frontend_defences_leak_no_fd() {
     no_leak("notifiers accepted", || {
         let e = EventFd::new(false).unwrap();
         let k = EventFd::from_peer(dup(e.read_fd()), NotifierRole::Kick).unwrap();
-        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let kick = EventFd::from_peer(r, NotifierRole::Kick).unwrap();
         let call = EventFd::from_peer(w, NotifierRole::Call).unwrap();
         call.signal().unwrap();
@@ -68,7 +68,7 @@ fn hostile_frontend_defences_leak_no_fd() {
             rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC).unwrap(),
             NotifierRole::Kick,
         );
-        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         refuse(r, NotifierRole::Call);
         refuse(w, NotifierRole::Kick);
         let sem = rustix::event::eventfd(

@@ -27,7 +27,7 @@
 //! use vhost_backend::os::eventfd::EventFd;
 //! use vhost_backend::os::notifier::{FdKind, NotifierError, NotifierRole};
 //!
-//! let (r, w) = rustix::pipe::pipe()?;
+//! let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
 //! let kick = EventFd::from_peer(r, NotifierRole::Kick)?;
 //! let call = EventFd::from_peer(w, NotifierRole::Call)?;
 //! call.signal()?;
@@ -443,7 +443,7 @@ mod tests {
 
     #[test]
     fn pipe_ends_must_fit_the_role() {
-        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         assert!(!nonblocking(r.as_fd()));
         let kick = EventFd::from_peer(dup(&r), NotifierRole::Kick).unwrap();
         let call = EventFd::from_peer(dup(&w), NotifierRole::Call).unwrap();
@@ -562,7 +562,7 @@ mod tests {
 
     #[test]
     fn a_full_pipe_signal_returns_at_once() {
-        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let call = EventFd::from_peer(w, NotifierRole::Call).unwrap();
         // Fill the pipe (64 KiB by default) through the notifier itself.
         let start = Instant::now();
@@ -584,7 +584,7 @@ mod tests {
 
     #[test]
     fn a_peer_pipe_is_drained_fully_in_one_consume() {
-        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let kick = EventFd::from_peer(r, NotifierRole::Kick).unwrap();
         let call = EventFd::from_peer(w, NotifierRole::Call).unwrap();
         for _ in 0..10_000 {
@@ -596,7 +596,7 @@ mod tests {
 
     #[test]
     fn a_kick_pipe_whose_writer_closed_is_reported_closed() {
-        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let kick = EventFd::from_peer(r, NotifierRole::Kick).unwrap();
         rustix::io::write(&w, &1u64.to_ne_bytes()).unwrap();
         drop(w);
@@ -614,7 +614,7 @@ mod tests {
 
     #[test]
     fn a_pipe_a_peer_keeps_filling_is_drained_boundedly() {
-        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
         let kick = EventFd::from_peer(r, NotifierRole::Kick).unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop2 = std::sync::Arc::clone(&stop);

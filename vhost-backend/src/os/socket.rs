@@ -12,6 +12,12 @@
 //! non-blocking socket that is not ready they return an error of kind
 //! [`io::ErrorKind::WouldBlock`]. `EINTR` is retried.
 //!
+//! Against a peer that stalls (stops reading, or trickles), the deadline
+//! variants [`send_all_with_fds_deadline`] and [`recv_with_fds_deadline`]
+//! give up at an [`Instant`] with [`io::ErrorKind::TimedOut`], on blocking
+//! sockets too (`MSG_DONTWAIT` per call, `poll` in between), without
+//! touching the socket's mode.
+//!
 //! ```
 //! use std::os::fd::AsFd;
 //! use std::os::unix::net::UnixStream;
