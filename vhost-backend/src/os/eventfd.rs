@@ -5,6 +5,18 @@
 //! one fd used both ways (an eventfd we created, or any fd received from a
 //! peer), or the two ends of a pipe.
 //!
+//! Fds received from a front-end should go through
+//! [`EventFd::from_peer`] (see [`crate::os::notifier`]),
+//! which refuses anything but an eventfd or the right end of a pipe and makes
+//! the fd non-blocking; then:
+//!
+//! - [`signal`](EventFd::signal) never blocks: a full pipe or a saturated
+//!   eventfd counter (`EAGAIN`) already holds a pending signal, so it is
+//!   success;
+//! - [`consume`](EventFd::consume) never spins: a pipe whose writers are all
+//!   gone is [`Consumed::Closed`] (not "readable again"), and a pipe a peer
+//!   keeps filling is drained at most [`MAX_DRAIN_BYTES`] per call.
+//!
 //! ```
 //! use vhost_backend::os::eventfd::EventFd;
 //!
@@ -35,12 +47,37 @@ pub struct EventFd {
 enum Inner {
     /// One fd for both directions (an eventfd, or an fd from a peer).
     Single(OwnedFd),
+    /// One end (or an `O_RDWR` open) of a pipe/FIFO received from a peer,
+    /// checked by [`EventFd::from_peer`]: reads drain it in chunks.
+    PeerFifo(OwnedFd),
     /// The reading and the writing end of a pipe.
     Pipe { read: OwnedFd, write: OwnedFd },
 }
 
+/// What one [`EventFd::consume`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Consumed {
+    /// At least one signal was pending, and has been consumed.
+    Signalled,
+    /// No signal was pending.
+    Nothing,
+    /// The notifier can never be signalled again: a pipe whose writing ends
+    /// are all closed (a `read` returns 0), or an fd `poll` reports hung up
+    /// or in error with nothing to read. Stop waiting on it (a level-triggered
+    /// loop would otherwise wake up forever); for a kick fd, stop the ring and
+    /// signal its err fd.
+    Closed,
+}
+
 /// Enough to drain many pipe signals per `read`; an eventfd read returns 8.
-const DRAIN_CHUNK: usize = 512;
+const DRAIN_CHUNK: usize = 4096;
+
+/// The most bytes one [`EventFd::consume`] reads from a pipe (the default
+/// pipe capacity is 64 KiB, the largest a peer can set without privileges
+/// `/proc/sys/fs/pipe-max-size`, 1 MiB by default), so that a peer writing
+/// without pause cannot keep us in one call forever. What is left stays
+/// readable and is consumed by the next call.
+pub const MAX_DRAIN_BYTES: usize = 1 << 20;
 
 impl EventFd {
     /// Creates an eventfd (close-on-exec, counter 0); `nonblocking` sets
@@ -78,17 +115,29 @@ impl EventFd {
         }
     }
 
+    /// Wraps a peer's fd that [`from_peer`](Self::from_peer) has checked;
+    /// `fifo`: it is a pipe/FIFO (drained in chunks) rather than an eventfd.
+    pub(crate) fn from_checked_fd(fd: OwnedFd, fifo: bool) -> Self {
+        EventFd {
+            inner: if fifo {
+                Inner::PeerFifo(fd)
+            } else {
+                Inner::Single(fd)
+            },
+        }
+    }
+
     /// The fd to wait on (register it with `poll`/`epoll`/mio for readable).
     pub fn read_fd(&self) -> BorrowedFd<'_> {
         match &self.inner {
-            Inner::Single(fd) | Inner::Pipe { read: fd, .. } => fd.as_fd(),
+            Inner::Single(fd) | Inner::PeerFifo(fd) | Inner::Pipe { read: fd, .. } => fd.as_fd(),
         }
     }
 
     /// The fd signals are written to.
     pub fn write_fd(&self) -> BorrowedFd<'_> {
         match &self.inner {
-            Inner::Single(fd) | Inner::Pipe { write: fd, .. } => fd.as_fd(),
+            Inner::Single(fd) | Inner::PeerFifo(fd) | Inner::Pipe { write: fd, .. } => fd.as_fd(),
         }
     }
 
@@ -97,12 +146,19 @@ impl EventFd {
         matches!(self.inner, Inner::Pipe { .. })
     }
 
+    /// Whether reads may return part of what is pending (a pipe), so that
+    /// consuming reads until a short read.
+    fn is_stream(&self) -> bool {
+        matches!(self.inner, Inner::Pipe { .. } | Inner::PeerFifo(_))
+    }
+
     /// Duplicates the notifier (close-on-exec duplicates of its fds), e.g. to
     /// keep one copy and send the other to a peer.
     pub fn try_clone(&self) -> io::Result<Self> {
         let dup = |fd: &OwnedFd| rustix::io::fcntl_dupfd_cloexec(fd, 0);
         let inner = match &self.inner {
             Inner::Single(fd) => Inner::Single(dup(fd)?),
+            Inner::PeerFifo(fd) => Inner::PeerFifo(dup(fd)?),
             Inner::Pipe { read, write } => Inner::Pipe {
                 read: dup(read)?,
                 write: dup(write)?,
@@ -114,6 +170,12 @@ impl EventFd {
     /// Signals: writes an 8-byte 1. A full pipe or a saturated eventfd
     /// counter (`WouldBlock`) already holds a pending signal, so that is
     /// success too.
+    ///
+    /// This never blocks on a non-blocking fd (every fd [`EventFd::new`]
+    /// with `nonblocking`, [`EventFd::pipe`] and
+    /// [`from_peer`](Self::from_peer) make). On a blocking fd whose counter
+    /// is saturated (or pipe full) it blocks until the reader consumes;
+    /// [`signal_nowait`](Self::signal_nowait) avoids that.
     pub fn signal(&self) -> io::Result<()> {
         let fd = self.write_fd();
         loop {
@@ -125,37 +187,105 @@ impl EventFd {
         }
     }
 
-    /// Consumes the pending signals without blocking: `true` if there were
-    /// any. A pipe is drained of every pending signal.
-    ///
-    /// Readiness is checked with `poll` first, so this does not block on a
-    /// blocking fd either, as long as no other thread consumes the same fd
-    /// between the `poll` and the `read`. A pipe whose writing end is closed
-    /// is an `UnexpectedEof` error (it would otherwise look readable forever).
-    pub fn try_consume(&self) -> io::Result<bool> {
-        let fd = self.read_fd();
-        let mut consumed = false;
-        while readable(fd, Some(Duration::ZERO))? {
-            let mut buf = [0u8; DRAIN_CHUNK];
-            match rustix::io::read(fd, &mut buf) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "notifier closed by its writer",
-                    ));
-                }
-                Ok(n) => {
-                    consumed = true;
-                    if n < DRAIN_CHUNK || !self.is_pipe() {
-                        break;
-                    }
-                }
-                Err(Errno::AGAIN) => break,
+    /// Like [`signal`](Self::signal), but first checks with `poll` (zero
+    /// timeout) that the fd is writable, and does not write if it is not
+    /// (the reader has a signal pending then): one more system call, but it
+    /// does not block even if the peer cleared `O_NONBLOCK` on the open file
+    /// description it shares with us, unless the peer fills the counter in
+    /// the instant between the `poll` and the `write` and then stops reading.
+    pub fn signal_nowait(&self) -> io::Result<()> {
+        let fd = self.write_fd();
+        let mut pfd = [PollFd::from_borrowed_fd(fd, PollFlags::OUT)];
+        loop {
+            match poll(&mut pfd, Some(&Timespec::default())) {
+                Ok(_) => break,
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(consumed)
+        let revents = pfd[0].revents();
+        if revents.contains(PollFlags::OUT) {
+            return self.signal();
+        }
+        if revents.intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL) {
+            // Let the write report what is wrong (EPIPE for a pipe without
+            // a reader).
+            return self.signal();
+        }
+        Ok(())
+    }
+
+    /// Consumes the pending signals without blocking: `true` if there were
+    /// any. A pipe is drained of every pending signal (up to
+    /// [`MAX_DRAIN_BYTES`] per call).
+    ///
+    /// Readiness is checked with `poll` first, so this does not block on a
+    /// blocking fd either, as long as no other thread consumes the same fd
+    /// between the `poll` and the `read`. A notifier that can never be
+    /// signalled again ([`Consumed::Closed`] of [`consume`](Self::consume),
+    /// e.g. a pipe whose writing end is closed) is an `UnexpectedEof` error
+    /// (it would otherwise look readable forever).
+    pub fn try_consume(&self) -> io::Result<bool> {
+        match self.consume()? {
+            Consumed::Signalled => Ok(true),
+            Consumed::Nothing => Ok(false),
+            Consumed::Closed => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "notifier closed by its writer",
+            )),
+        }
+    }
+
+    /// Consumes the pending signals without blocking, and tells whether there
+    /// were any or whether the notifier is closed for good
+    /// ([`Consumed::Closed`]: the pipe's writers are gone, or `poll` reports
+    /// hang-up or error with nothing left to read). Any other failure of
+    /// `poll` or `read` is an `Err`.
+    ///
+    /// Signals still buffered when the writers went away are reported first
+    /// (`Signalled`), `Closed` on the next call. Like
+    /// [`try_consume`](Self::try_consume), this does not block on a blocking
+    /// fd (it polls first) and drains a pipe of at most [`MAX_DRAIN_BYTES`].
+    pub fn consume(&self) -> io::Result<Consumed> {
+        let fd = self.read_fd();
+        let stream = self.is_stream();
+        let mut consumed = false;
+        let mut total = 0usize;
+        loop {
+            let revents = poll_in(fd, Some(Duration::ZERO))?;
+            if revents.is_empty() {
+                break;
+            }
+            let mut buf = [0u8; DRAIN_CHUNK];
+            match rustix::io::read(fd, &mut buf) {
+                Ok(0) if consumed => break,
+                Ok(0) => return Ok(Consumed::Closed),
+                Ok(n) => {
+                    consumed = true;
+                    total = total.saturating_add(n);
+                    if n < DRAIN_CHUNK || !stream || total >= MAX_DRAIN_BYTES {
+                        break;
+                    }
+                }
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN)
+                    if !consumed
+                        && revents
+                            .intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL) =>
+                {
+                    // Ready by hang-up or error, yet nothing to read: it
+                    // would be "ready" forever.
+                    return Ok(Consumed::Closed);
+                }
+                Err(Errno::AGAIN) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(if consumed {
+            Consumed::Signalled
+        } else {
+            Consumed::Nothing
+        })
     }
 
     /// Blocks until a signal arrives, and consumes it.
@@ -202,6 +332,12 @@ impl From<OwnedFd> for EventFd {
 /// most `timeout` (`None`: forever). `EINTR` is retried with the same timeout,
 /// which may only lengthen the wait a little.
 fn readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    Ok(!poll_in(fd, timeout)?.is_empty())
+}
+
+/// Like [`readable`], but returns the events `poll` reported (empty on
+/// timeout).
+fn poll_in(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<PollFlags> {
     let ts = timeout.map(|t| Timespec {
         tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
         tv_nsec: i64::from(t.subsec_nanos()),
@@ -209,8 +345,8 @@ fn readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
     let mut pfd = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
     loop {
         match poll(&mut pfd, ts.as_ref()) {
-            Ok(0) => return Ok(false),
-            Ok(_) => return Ok(!pfd[0].revents().is_empty()),
+            Ok(0) => return Ok(PollFlags::empty()),
+            Ok(_) => return Ok(pfd[0].revents()),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }

@@ -11,10 +11,22 @@
 //!
 //! Every range is checked before it is mapped: size 0, overflow, and, for
 //! regular files (memfds, hugetlbfs, tmpfs), a range that extends past the end
-//! of the file, which would raise SIGBUS when touched. A peer that shrinks the
-//! file *after* the mapping is made can still cause SIGBUS; sealed memfds
-//! ([`crate::os::memfd::create_sealed`]) prevent that for the memory we
-//! allocate.
+//! of the file, which would raise SIGBUS when touched.
+//!
+//! A peer that shrinks the file *after* the mapping is made would still cause
+//! SIGBUS. Two defences:
+//!
+//! - the memfd seals are read when mapping: a file with `F_SEAL_SHRINK`
+//!   cannot shrink ([`MappedRegion::shrink_sealed`],
+//!   [`SharedMapping::shrink_sealed`]; sealed memfds of our own come from
+//!   [`crate::os::memfd::create_sealed`]);
+//! - every mapping that is not shrink-sealed is registered with the SIGBUS
+//!   guard ([`crate::os::sigbus`]): a fault in it is contained (the access
+//!   completes on a zero page) and recorded, and [`MappedRegion::faulted`],
+//!   [`MemoryMap::faulted`] and [`SharedMapping::faulted`] report it. The
+//!   runner checks after each processing pass and ends that session with an
+//!   error: the memory is no longer the peer's from the faulting page on
+//!   (see the guarantees and limits in [`crate::os::sigbus`]).
 
 use std::ffi::c_void;
 use std::fs::File;
@@ -22,26 +34,38 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use rustix::fs::FileType;
+use rustix::fs::{FileType, SealFlags};
+use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 use vring::memory::SharedRegion;
 
 use crate::OsError;
+use crate::os::sigbus::{self, FaultProbe, SigbusGuard};
 
 /// The system page size (the alignment `mmap` needs for file offsets).
 pub fn page_size() -> u64 {
     rustix::param::page_size() as u64
 }
 
+/// What mapping code needs to know of the file behind a mapping.
+#[derive(Clone, Copy, Debug)]
+struct FileFacts {
+    /// `F_SEAL_SHRINK` is set: the file can never become smaller.
+    shrink_sealed: bool,
+    /// `st_blksize`: the huge page size on hugetlbfs (the SIGBUS guard's
+    /// retry granule).
+    block_size: usize,
+}
+
 /// Checks that `[offset, offset + size)` is a non-empty range of `fd` that
-/// lies inside the file when the file is a regular one.
+/// lies inside the file when the file is a regular one, and reads its seals.
 fn check_file_range(
     fd: impl AsFd,
     what: &'static str,
     offset: u64,
     size: u64,
-) -> Result<(), OsError> {
+) -> Result<FileFacts, OsError> {
     if size == 0 {
         return Err(OsError::ZeroSize { what });
     }
@@ -51,6 +75,7 @@ fn check_file_range(
     if usize::try_from(size).is_err() {
         return Err(OsError::SizeOverflow { what, offset, size });
     }
+    let fd = fd.as_fd();
     let st = rustix::fs::fstat(fd).map_err(|e| OsError::io("fstat", e))?;
     // Character devices and the like have no meaningful size.
     if FileType::from_raw_mode(st.st_mode).is_file() {
@@ -64,7 +89,44 @@ fn check_file_range(
             });
         }
     }
-    Ok(())
+    // Files that do not support sealing (anything but memfds) answer EINVAL.
+    let seals = match rustix::fs::fcntl_get_seals(fd) {
+        Ok(seals) => seals,
+        Err(Errno::INVAL) => SealFlags::empty(),
+        Err(e) => return Err(OsError::io("fcntl(F_GET_SEALS)", e)),
+    };
+    Ok(FileFacts {
+        shrink_sealed: seals.contains(SealFlags::SHRINK),
+        block_size: usize::try_from(st.st_blksize).unwrap_or(0),
+    })
+}
+
+/// Registers `[ptr, ptr + len)` with the SIGBUS guard unless the file is
+/// shrink-sealed.
+///
+/// # Safety
+///
+/// As [`sigbus::guard_range`]: a mapping of the caller's, mapped until the
+/// guard is dropped, reached through raw pointers only.
+unsafe fn guard_unless_sealed(
+    ptr: *mut u8,
+    len: usize,
+    facts: FileFacts,
+) -> Result<Option<SigbusGuard>, OsError> {
+    if facts.shrink_sealed {
+        return Ok(None);
+    }
+    // SAFETY: the caller's contract is `guard_range`'s.
+    unsafe { sigbus::guard_range(ptr, len, facts.block_size) }
+        .map(Some)
+        .map_err(|e| OsError::io("registering the mapping with the SIGBUS guard", io_other(e)))
+}
+
+fn io_other(e: sigbus::GuardError) -> std::io::Error {
+    match e {
+        sigbus::GuardError::Install(e) => e,
+        e => std::io::Error::other(e),
+    }
 }
 
 /// Where a guest memory region lives, as the memory region payload describes
@@ -109,10 +171,24 @@ fn overflow_err(layout: &RegionLayout) -> OsError {
 /// through vm-memory's mmap backend.
 ///
 /// The mapping lives as long as the region or any [`MemoryMap`] (or
-/// `GuestMemoryMmap`) that holds it.
+/// `GuestMemoryMmap`) that holds it. It is guarded against SIGBUS (unless
+/// its file is shrink-sealed) as long as a `MappedRegion` (or a
+/// [`MemoryMap`] holding it) lives: a bare `Arc<GuestMemoryMmap>` or
+/// `Arc<GuestRegionMmap>` keeps the mapping but not the guard, so keep the
+/// [`MemoryMap`] next to the memory you use.
 #[derive(Debug, Clone)]
 pub struct MappedRegion {
     layout: RegionLayout,
+    shared: Arc<RegionShared>,
+}
+
+/// What the clones of a [`MappedRegion`] share.
+#[derive(Debug)]
+struct RegionShared {
+    /// Declared before `region`: dropped (unregistered) first, while the
+    /// mapping that `region` holds is still in place.
+    guard: Option<SigbusGuard>,
+    shrink_sealed: bool,
     region: Arc<GuestRegionMmap>,
 }
 
@@ -127,10 +203,17 @@ impl MappedRegion {
     /// ([`OsError::UnalignedOffset`]); QEMU always sends aligned offsets.
     /// Size 0, overflowing ranges and ranges past the end of the file are
     /// refused too.
+    ///
+    /// The file's seals are read: unless it has `F_SEAL_SHRINK`
+    /// ([`shrink_sealed`](Self::shrink_sealed)), the mapping is registered
+    /// with the SIGBUS guard ([`crate::os::sigbus`]; an
+    /// [`OsError::Io`] if all its slots are taken), and a peer shrinking
+    /// the file shows as [`faulted`](Self::faulted) instead of killing the
+    /// process.
     pub fn map(layout: RegionLayout, fd: OwnedFd) -> Result<Self, OsError> {
         const WHAT: &str = "guest region";
         layout.check_overflow()?;
-        check_file_range(&fd, WHAT, layout.mmap_offset, layout.memory_size)?;
+        let facts = check_file_range(&fd, WHAT, layout.mmap_offset, layout.memory_size)?;
         let page = page_size();
         if !layout.mmap_offset.is_multiple_of(page) {
             return Err(OsError::UnalignedOffset {
@@ -152,10 +235,41 @@ impl MappedRegion {
         })?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(layout.guest_phys_addr))
             .ok_or_else(|| overflow_err(&layout))?;
+        let region = Arc::new(region);
+        // SAFETY: the range is the mapping vm-memory just made and owns;
+        // `RegionShared` holds `region` (so the mapping) until after the
+        // guard is dropped; vm-memory and the ring engine access guest
+        // memory through raw pointers and volatile copies only.
+        let guard = unsafe { guard_unless_sealed(region.as_ptr(), size, facts) }?;
         Ok(MappedRegion {
             layout,
-            region: Arc::new(region),
+            shared: Arc::new(RegionShared {
+                guard,
+                shrink_sealed: facts.shrink_sealed,
+                region,
+            }),
         })
+    }
+
+    /// Whether the file has `F_SEAL_SHRINK` (read when mapping): it can never
+    /// become smaller, so the mapping cannot raise SIGBUS by truncation and
+    /// is not registered with the SIGBUS guard.
+    pub fn shrink_sealed(&self) -> bool {
+        self.shared.shrink_sealed
+    }
+
+    /// Whether the mapping is registered with the SIGBUS guard (every
+    /// mapping that is not [`shrink_sealed`](Self::shrink_sealed)).
+    pub fn guarded(&self) -> bool {
+        self.shared.guard.is_some()
+    }
+
+    /// Whether an access to the region raised SIGBUS (the peer shrank the
+    /// file) and was contained: from the faulting page on, the region is
+    /// zero pages of our own, no longer the guest's memory. The session
+    /// must end. One atomic load.
+    pub fn faulted(&self) -> bool {
+        self.shared.guard.as_ref().is_some_and(SigbusGuard::faulted)
     }
 
     /// The layout the region was mapped with.
@@ -166,12 +280,12 @@ impl MappedRegion {
     /// The host (this process's) address of the region's first byte, e.g.
     /// for the postcopy memory-table reply (spec §7.7).
     pub fn host_addr(&self) -> u64 {
-        self.region.as_ptr() as u64
+        self.shared.region.as_ptr() as u64
     }
 
     /// The vm-memory region.
     pub fn guest_region(&self) -> &Arc<GuestRegionMmap> {
-        &self.region
+        &self.shared.region
     }
 
     /// Translates a front-end user address inside this region to its
@@ -209,7 +323,10 @@ impl MemoryMap {
             GuestMemoryMmap::new()
         } else {
             GuestMemoryMmap::from_arc_regions(
-                regions.iter().map(|r| Arc::clone(&r.region)).collect(),
+                regions
+                    .iter()
+                    .map(|r| Arc::clone(&r.shared.region))
+                    .collect(),
             )
             .map_err(|e| {
                 OsError::io(
@@ -261,6 +378,20 @@ impl MemoryMap {
     /// The regions, sorted by guest-physical address.
     pub fn regions(&self) -> &[MappedRegion] {
         &self.regions
+    }
+
+    /// Whether an access to any region raised SIGBUS and was contained
+    /// ([`MappedRegion::faulted`]): the session must end. One atomic load
+    /// per region; [`sigbus::total_faults`] is a single load for all the
+    /// process, to call first when there are many maps.
+    pub fn faulted(&self) -> bool {
+        self.regions.iter().any(MappedRegion::faulted)
+    }
+
+    /// Whether every region's file is shrink-sealed
+    /// ([`MappedRegion::shrink_sealed`]; `true` for an empty map).
+    pub fn shrink_sealed(&self) -> bool {
+        self.regions.iter().all(MappedRegion::shrink_sealed)
     }
 
     /// Translates a front-end user address (vring addresses of
@@ -329,6 +460,9 @@ pub struct SharedMapping {
     /// The requested range inside it.
     ptr: NonNull<u8>,
     len: usize,
+    shrink_sealed: bool,
+    /// Dropped (unregistered) in `drop`, before the `munmap`.
+    guard: Option<SigbusGuard>,
 }
 
 // SAFETY: the mapping is process memory shared with other processes; it is
@@ -347,10 +481,14 @@ impl SharedMapping {
     /// the ring engine's atomic accesses. Size 0, overflow and (for regular
     /// files) a range past the end of the file are refused. The fd is only
     /// borrowed: the mapping stays valid after it is closed.
+    ///
+    /// As for [`MappedRegion::map`], the seals are read and a mapping that is
+    /// not [`shrink_sealed`](Self::shrink_sealed) is registered with the
+    /// SIGBUS guard ([`faulted`](Self::faulted), [`fault_probe`](Self::fault_probe)).
     pub fn new(fd: impl AsFd, offset: u64, len: u64) -> Result<Self, OsError> {
         const WHAT: &str = "shared mapping";
         let fd = fd.as_fd();
-        check_file_range(fd, WHAT, offset, len)?;
+        let facts = check_file_range(fd, WHAT, offset, len)?;
         if !offset.is_multiple_of(8) {
             return Err(OsError::UnalignedOffset {
                 what: WHAT,
@@ -398,12 +536,38 @@ impl SharedMapping {
         // SAFETY: `delta < map_len` (as `len > 0`), so the pointer stays
         // inside the mapping just made.
         let ptr = unsafe { base.cast::<u8>().add(delta) };
-        Ok(SharedMapping {
+        let mut mapping = SharedMapping {
             base,
             map_len,
             ptr,
             len,
-        })
+            shrink_sealed: facts.shrink_sealed,
+            guard: None,
+        };
+        // SAFETY: `[base, base + map_len)` is the mapping just made, owned by
+        // `mapping`, which drops the guard before unmapping; it is only
+        // reached through raw pointers. On error `mapping` unmaps it.
+        mapping.guard = unsafe { guard_unless_sealed(base.as_ptr().cast(), map_len, facts) }?;
+        Ok(mapping)
+    }
+
+    /// Whether the file has `F_SEAL_SHRINK` (read when mapping), so that the
+    /// mapping cannot raise SIGBUS by truncation (and is not guarded).
+    pub fn shrink_sealed(&self) -> bool {
+        self.shrink_sealed
+    }
+
+    /// Whether an access raised SIGBUS (the peer shrank the file) and was
+    /// contained: the content is no longer the file's; the session must end.
+    pub fn faulted(&self) -> bool {
+        self.guard.as_ref().is_some_and(SigbusGuard::faulted)
+    }
+
+    /// A copyable handle to check [`faulted`](Self::faulted) after the
+    /// mapping became a [`SharedRegion`] (which hides it); `None` if it is
+    /// not guarded (shrink-sealed).
+    pub fn fault_probe(&self) -> Option<FaultProbe> {
+        self.guard.as_ref().map(SigbusGuard::probe)
     }
 
     /// The length of the requested range in bytes.
@@ -441,6 +605,9 @@ impl From<SharedMapping> for SharedRegion {
 
 impl Drop for SharedMapping {
     fn drop(&mut self) {
+        // Unregistered while still mapped: no stale registration can cover
+        // address space the kernel hands out again.
+        drop(self.guard.take());
         // SAFETY: `base`/`map_len` are exactly what mmap returned and are
         // unmapped only here, once; every user of the range holds this object
         // (directly or as a SharedRegion's owner), so none remains.
@@ -620,6 +787,42 @@ mod tests {
         drop(region);
         clone.as_slice().read_at(0, &mut b).unwrap();
         assert_eq!(&b, b"head");
+    }
+
+    #[test]
+    fn seals_are_read_and_only_unsealed_mappings_are_guarded() {
+        let sealed = memfd::create_sealed("sealed", 2 * PAGE).unwrap();
+        let open = memfd::create("open", 2 * PAGE).unwrap();
+        let dup = |fd: &OwnedFd| rustix::io::fcntl_dupfd_cloexec(fd, 0).unwrap();
+        let a = MappedRegion::map(layout(0, PAGE, 0x1000_0000, 0), dup(&sealed)).unwrap();
+        let b = MappedRegion::map(layout(PAGE, PAGE, 0x2000_0000, 0), dup(&open)).unwrap();
+        assert!(a.shrink_sealed() && !a.guarded());
+        assert!(!b.shrink_sealed() && b.guarded());
+        assert!(!a.faulted() && !b.faulted());
+        let map = MemoryMap::new(vec![a.clone()]).unwrap();
+        assert!(map.shrink_sealed() && !map.faulted());
+        let map = map.with_region(b).unwrap();
+        assert!(!map.shrink_sealed() && !map.faulted());
+
+        let s = SharedMapping::new(&sealed, 0, PAGE).unwrap();
+        assert!(s.shrink_sealed() && s.fault_probe().is_none() && !s.faulted());
+        let o = SharedMapping::new(&open, 0, PAGE).unwrap();
+        assert!(!o.shrink_sealed() && !o.faulted());
+        let probe = o.fault_probe().unwrap();
+        assert!(!probe.faulted());
+        // A memfd sealed for growing only is not shrink-sealed.
+        let grow_only = rustix::fs::memfd_create(
+            "grow-only",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&grow_only, PAGE).unwrap();
+        rustix::fs::fcntl_add_seals(&grow_only, SealFlags::GROW).unwrap();
+        assert!(
+            !SharedMapping::new(&grow_only, 0, PAGE)
+                .unwrap()
+                .shrink_sealed()
+        );
     }
 
     #[test]

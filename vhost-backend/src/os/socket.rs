@@ -12,6 +12,12 @@
 //! non-blocking socket that is not ready they return an error of kind
 //! [`io::ErrorKind::WouldBlock`]. `EINTR` is retried.
 //!
+//! Against a peer that stalls (stops reading, or trickles), the deadline
+//! variants [`send_all_with_fds_deadline`] and [`recv_with_fds_deadline`]
+//! give up at an [`Instant`] with [`io::ErrorKind::TimedOut`], on blocking
+//! sockets too (`MSG_DONTWAIT` per call, `poll` in between), without
+//! touching the socket's mode.
+//!
 //! ```
 //! use std::os::fd::AsFd;
 //! use std::os::unix::net::UnixStream;
@@ -38,8 +44,9 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
 
-use rustix::event::{PollFd, PollFlags, poll};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
@@ -71,6 +78,16 @@ const RECV_SPACE: usize = rustix::cmsg_space!(ScmRights(RECV_FD_CAPACITY));
 /// no byte to carry them, is an error (kind `InvalidInput`, with
 /// [`OsError::TooManyFds`] / [`OsError::FdsWithoutData`] inside).
 pub fn send_with_fds<S: AsFd>(sock: S, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    send_with_flags(sock.as_fd(), bytes, fds, SendFlags::empty())
+}
+
+/// [`send_with_fds`] with `extra` flags (`MSG_DONTWAIT`) on the `sendmsg`.
+fn send_with_flags(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    extra: SendFlags,
+) -> io::Result<usize> {
     if fds.len() > MAX_FDS_PER_MESSAGE {
         return Err(OsError::TooManyFds {
             count: fds.len(),
@@ -81,7 +98,6 @@ pub fn send_with_fds<S: AsFd>(sock: S, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> 
     if bytes.is_empty() && !fds.is_empty() {
         return Err(OsError::FdsWithoutData { count: fds.len() }.into());
     }
-    let sock = sock.as_fd();
     let iov = [IoSlice::new(bytes)];
     let mut space = [MaybeUninit::<u8>::uninit(); SEND_SPACE];
     loop {
@@ -94,7 +110,7 @@ pub fn send_with_fds<S: AsFd>(sock: S, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> 
             }
             .into());
         }
-        match sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
+        match sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL | extra) {
             Err(Errno::INTR) => continue,
             other => return other.map_err(io::Error::from),
         }
@@ -145,12 +161,26 @@ pub fn recv_with_fds<S: AsFd>(
     buf: &mut [u8],
     fds_out: &mut Vec<OwnedFd>,
 ) -> io::Result<usize> {
-    let sock = sock.as_fd();
+    recv_with_flags(sock.as_fd(), buf, fds_out, RecvFlags::empty())
+}
+
+/// [`recv_with_fds`] with `extra` flags (`MSG_DONTWAIT`) on the `recvmsg`.
+fn recv_with_flags(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds_out: &mut Vec<OwnedFd>,
+    extra: RecvFlags,
+) -> io::Result<usize> {
     let mut space = [MaybeUninit::<u8>::uninit(); RECV_SPACE];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
         let mut iov = [IoSliceMut::new(buf)];
-        match recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match recvmsg(
+            sock,
+            &mut iov,
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | extra,
+        ) {
             Err(Errno::INTR) => continue,
             other => break other?,
         }
@@ -173,6 +203,102 @@ pub fn recv_with_fds<S: AsFd>(
     }
     fds_out.append(&mut received);
     Ok(msg.bytes)
+}
+
+/// Sends the whole of `bytes`, with `fds` on the first `sendmsg`, or gives
+/// up at `deadline` with an error of kind [`io::ErrorKind::TimedOut`]: the
+/// stall defence against a peer that stops reading (or reads a byte now and
+/// then, which a per-call `SO_SNDTIMEO` would not catch).
+///
+/// Works on blocking and non-blocking sockets alike without changing their
+/// mode: each `sendmsg` has `MSG_DONTWAIT` (a flag of the call, not of the
+/// open file description shared with the peer), and between them the
+/// socket is polled for `POLLOUT` until the deadline. A deadline already
+/// past still makes one attempt. `EINTR` is retried.
+///
+/// On `TimedOut` the message may be partly sent (the error message says how
+/// much): the stream is then out of step and the connection must be closed.
+/// Other errors are those of [`send_all_with_fds`] (`BrokenPipe` for a
+/// closed peer, `WriteZero`, the fd-count errors).
+pub fn send_all_with_fds_deadline<S: AsFd>(
+    sock: S,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    deadline: Instant,
+) -> io::Result<()> {
+    let sock = sock.as_fd();
+    if bytes.is_empty() {
+        return send_with_flags(sock, bytes, fds, SendFlags::DONTWAIT).map(drop);
+    }
+    let mut sent = 0usize;
+    while let Some(rest) = bytes.get(sent..).filter(|r| !r.is_empty()) {
+        let with = if sent == 0 { fds } else { &[] };
+        match send_with_flags(sock, rest, with, SendFlags::DONTWAIT) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !wait_until(sock, PollFlags::OUT, deadline)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "send deadline passed with {sent} of {} bytes sent",
+                            bytes.len()
+                        ),
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Like [`recv_with_fds`] (one `recvmsg`, fds appended to `fds_out`), but
+/// waits at most until `deadline` for something to read: an error of kind
+/// [`io::ErrorKind::TimedOut`] if nothing came. Works on blocking and
+/// non-blocking sockets without changing their mode (`MSG_DONTWAIT` per
+/// call); a deadline already past still makes one attempt.
+pub fn recv_with_fds_deadline<S: AsFd>(
+    sock: S,
+    buf: &mut [u8],
+    fds_out: &mut Vec<OwnedFd>,
+    deadline: Instant,
+) -> io::Result<usize> {
+    let sock = sock.as_fd();
+    loop {
+        match recv_with_flags(sock, buf, fds_out, RecvFlags::DONTWAIT) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !wait_until(sock, PollFlags::IN, deadline)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "receive deadline passed with nothing received",
+                    ));
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Waits until `fd` is ready for `events` (or reports an error or hang-up,
+/// which the next call on it then returns) or `deadline` passes: `true` if
+/// ready, `false` at the deadline. `EINTR` is retried with the time left.
+pub fn wait_until(fd: BorrowedFd<'_>, events: PollFlags, deadline: Instant) -> io::Result<bool> {
+    let mut pfd = [PollFd::from_borrowed_fd(fd, events)];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ts = Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        match poll(&mut pfd, Some(&ts)) {
+            Ok(0) if left.is_zero() => return Ok(false),
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Blocks until `fd` is ready for `events` (retrying `EINTR`).
@@ -226,6 +352,7 @@ mod tests {
     use crate::os::test_util::same_file;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
+    use std::time::Duration;
 
     fn memfds(n: usize) -> Vec<OwnedFd> {
         (0..n)
@@ -381,6 +508,82 @@ mod tests {
         let (all, nfds) = reader.join().unwrap();
         assert_eq!(all, msg);
         assert_eq!(nfds, 1);
+    }
+
+    #[test]
+    fn a_send_to_a_peer_that_never_reads_times_out_at_the_deadline() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let f = memfds(1);
+        let msg = vec![7u8; 8 << 20];
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(200);
+        let err = send_all_with_fds_deadline(&a, &msg, &[f[0].as_fd()], deadline).unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(err.to_string().contains("of 8388608 bytes sent"), "{err}");
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        // The socket's own mode is untouched (still blocking).
+        let fl = rustix::fs::fcntl_getfl(&a).unwrap();
+        assert!(!fl.contains(rustix::fs::OFlags::NONBLOCK));
+    }
+
+    #[test]
+    fn a_deadline_send_completes_with_a_reader_and_carries_the_fds() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let f = memfds(2);
+        let msg: Vec<u8> = (0..1 << 20).map(|i| (i * 7) as u8).collect();
+        let reader = std::thread::spawn(move || {
+            let (mut all, mut fds) = (Vec::new(), Vec::new());
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let n = recv_with_fds_deadline(&b, &mut buf, &mut fds, deadline).unwrap();
+                if n == 0 {
+                    break;
+                }
+                all.extend_from_slice(&buf[..n]);
+            }
+            (all, fds.len())
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        send_all_with_fds_deadline(&a, &msg, &[f[0].as_fd(), f[1].as_fd()], deadline).unwrap();
+        drop(a);
+        let (all, nfds) = reader.join().unwrap();
+        assert_eq!(all, msg);
+        assert_eq!(nfds, 2);
+    }
+
+    #[test]
+    fn deadline_helpers_report_errors_and_past_deadlines() {
+        let (a, b) = UnixStream::pair().unwrap();
+        // A past deadline still makes one attempt, which succeeds here.
+        let past = Instant::now() - Duration::from_millis(1);
+        send_all_with_fds_deadline(&a, b"hello", &[], past).unwrap();
+        let mut buf = [0u8; 8];
+        let mut fds = Vec::new();
+        assert_eq!(
+            recv_with_fds_deadline(&b, &mut buf, &mut fds, past).unwrap(),
+            5
+        );
+        // Nothing more to read: TimedOut once the deadline passes.
+        let start = Instant::now();
+        let err = recv_with_fds_deadline(&b, &mut buf, &mut fds, start + Duration::from_millis(50))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        assert!(!wait_until(b.as_fd(), PollFlags::IN, past).unwrap());
+        // The usual errors.
+        let f = memfds(1);
+        let err = send_all_with_fds_deadline(&a, b"", &[f[0].as_fd()], past).unwrap_err();
+        assert!(matches!(
+            OsError::from_io(&err),
+            Some(OsError::FdsWithoutData { count: 1 })
+        ));
+        send_all_with_fds_deadline(&a, b"", &[], past).unwrap();
+        drop(b);
+        let err = send_all_with_fds_deadline(&a, b"x", &[], past).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
     }
 
     #[test]
