@@ -37,6 +37,8 @@ use crate::channel::{BackendChannel, ChannelGate};
 use crate::device::Device;
 use crate::os::eventfd::EventFd;
 use crate::os::mmap::{MappedRegion, MemoryMap, RegionLayout, SharedMapping};
+use crate::os::notifier::NotifierRole;
+use crate::os::sigbus::FaultProbe;
 use crate::queue::{Memory, Queue};
 use crate::served::ServedQueue;
 
@@ -89,6 +91,14 @@ pub enum Notifier {
 struct Inflight {
     region: vring::memory::SharedRegion,
     desc: InflightDesc,
+    /// Tells whether the buffer's file was shrunk under the mapping.
+    probe: Option<FaultProbe>,
+}
+
+impl Inflight {
+    fn faulted(&self) -> bool {
+        self.probe.as_ref().is_some_and(FaultProbe::faulted)
+    }
 }
 
 /// An operation waiting for rings to quiesce.
@@ -214,8 +224,9 @@ impl<D: Device + ?Sized> SessionState<D> {
         self.closed
     }
 
-    /// A duplicate (close-on-exec, non-blocking) of ring `index`'s `which` notifier, owned
-    /// by the caller; `Ok(None)` if the ring has none.
+    /// A duplicate of ring `index`'s `which` notifier, owned by the caller, checked to be
+    /// an eventfd or the right end of a pipe and set non-blocking
+    /// ([`EventFd::from_peer`]); `Ok(None)` if the ring has none.
     pub fn notifier(&self, index: u16, which: Notifier) -> io::Result<Option<EventFd>> {
         let fd = self
             .conn
@@ -225,16 +236,35 @@ impl<D: Device + ?Sized> SessionState<D> {
                 Notifier::Call => r.call(),
                 Notifier::Err => r.err(),
             });
+        let role = match which {
+            Notifier::Kick => NotifierRole::Kick,
+            Notifier::Call => NotifierRole::Call,
+            Notifier::Err => NotifierRole::Err,
+        };
         fd.map(|fd| {
             let dup = rustix::io::fcntl_dupfd_cloexec(fd, 0)?;
-            // Never block on a peer's notifier: a full call fd, a kick fd with nothing to
-            // read. (The flag is on the open file description, shared with the peer; the
-            // protocol's eventfds are used non-blocking by every known front-end.)
-            let flags = rustix::fs::fcntl_getfl(&dup)?;
-            rustix::fs::fcntl_setfl(&dup, flags | rustix::fs::OFlags::NONBLOCK)?;
-            Ok(EventFd::from_fd(dup))
+            // Never block on a peer's notifier (a full call fd, a kick fd with nothing to
+            // read), never spin on one that is always readable (a regular file).
+            EventFd::from_peer(dup, role).map_err(io::Error::from)
         })
         .transpose()
+    }
+
+    /// Checks ring `index`'s `which` notifier (see [`notifier`](Self::notifier)).
+    fn check_notifier(&self, index: u16, which: Notifier) -> Result<(), Refused> {
+        match self.notifier(index, which) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                log::warn!("vhost-backend: queue {index}: {which:?} fd refused: {e}");
+                Err(Refused::because("the notifier is not an eventfd or pipe"))
+            }
+        }
+    }
+
+    /// Whether guest memory (or the inflight buffer) faulted under its mapping: the
+    /// front-end shrank a file it shared ([`crate::os::sigbus`]). The session must end.
+    pub fn memory_faulted(&self) -> bool {
+        self.memory.faulted() || self.inflight.as_ref().is_some_and(|i| i.faulted())
     }
 
     /// Acts on one event of the connection: calls the device, maps memory, builds or stops
@@ -361,16 +391,28 @@ impl<D: Device + ?Sized> SessionState<D> {
                 self.conn.ack(answer, Ok(()))
             }
             Event::KickChanged { index, answer } => {
-                rings.notifier_changed(self, index, Notifier::Kick);
-                self.conn.ack(answer, Ok(()))
+                // A notifier we cannot use is refused; the ring keeps the old one.
+                let r = self.check_notifier(index, Notifier::Kick);
+                if r.is_ok() {
+                    rings.notifier_changed(self, index, Notifier::Kick);
+                }
+                self.conn.ack(answer, r)
             }
             Event::CallChanged { index, answer } => {
-                rings.notifier_changed(self, index, Notifier::Call);
-                self.conn.ack(answer, Ok(()))
+                // A notifier we cannot use is refused; the ring keeps the old one.
+                let r = self.check_notifier(index, Notifier::Call);
+                if r.is_ok() {
+                    rings.notifier_changed(self, index, Notifier::Call);
+                }
+                self.conn.ack(answer, r)
             }
             Event::ErrChanged { index, answer } => {
-                rings.notifier_changed(self, index, Notifier::Err);
-                self.conn.ack(answer, Ok(()))
+                // A notifier we cannot use is refused; the ring keeps the old one.
+                let r = self.check_notifier(index, Notifier::Err);
+                if r.is_ok() {
+                    rings.notifier_changed(self, index, Notifier::Err);
+                }
+                self.conn.ack(answer, r)
             }
             Event::RingKicked { index } => {
                 rings.ring_kicked(self, index);
@@ -686,6 +728,9 @@ impl<D: Device + ?Sized> SessionState<D> {
     }
 
     fn build(&self, config: &RingConfig) -> Result<ServedQueue, Refused> {
+        for which in [Notifier::Kick, Notifier::Call, Notifier::Err] {
+            self.check_notifier(config.index, which)?;
+        }
         let queue = self.build_queue(config)?;
         let handler = self.device.clone().start_queue(&queue)?;
         Ok(ServedQueue::new(queue, handler))
@@ -770,9 +815,11 @@ impl<D: Device + ?Sized> SessionState<D> {
         }
         match SharedMapping::new(fd, desc.mmap_offset, desc.mmap_size) {
             Ok(m) => {
+                let probe = m.fault_probe();
                 self.inflight = Some(Inflight {
                     region: m.into_shared_region(),
                     desc,
+                    probe,
                 });
                 Ok(())
             }

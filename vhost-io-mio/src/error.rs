@@ -27,6 +27,10 @@ pub enum Error {
     /// Binding a socket path failed (a live server is there, or the path is not a socket).
     #[error(transparent)]
     Bind(#[from] vhost_backend::BindError),
+    /// The front-end shrank a file of guest memory under the mapping (the access was
+    /// contained, see `vhost_backend::os::sigbus`): the session is ended.
+    #[error("guest memory faulted under its mapping (a shared file was shrunk): session ended")]
+    GuestMemoryFault,
 }
 
 impl Error {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
 use vhost_backend::Device;
+use vhost_backend::os::sigbus;
 use vhost_backend::os::socket::{recv_with_fds, send_with_fds};
 use vhost_backend::state::SessionState;
 use vhost_proto::backend::{Connection, Event, Transmit};
@@ -76,6 +77,8 @@ pub struct Session<D: Device + ?Sized> {
     token: Option<Token>,
     /// The front-end is gone; rings are quiescing.
     closing: bool,
+    /// The process's contained guest-memory faults when last looked at.
+    faults: u64,
     closed: bool,
 }
 
@@ -105,6 +108,7 @@ impl<D: Device + ?Sized> Session<D> {
             rings,
             token: None,
             closing: false,
+            faults: sigbus::total_faults(),
             closed: false,
         }
     }
@@ -172,19 +176,42 @@ impl<D: Device + ?Sized> Session<D> {
         let Some(base) = self.token else {
             return Err(Error::NotRegistered);
         };
-        if self.state.is_closed() || self.closing {
-            return Ok(self.finish_close(registry));
-        }
         if let Some((i, slot)) = token_slot(base, self.rings.len(), token) {
             let mut rings = Inline::new(&mut self.rings, Some(registry), self.token);
             rings.ready(i, slot);
+            if self.closing {
+                return Ok(self.finish_close(registry));
+            }
+            if let Some(r) = self.check_faults(registry) {
+                return r;
+            }
+            let mut rings = Inline::new(&mut self.rings, Some(registry), self.token);
             if self.state.is_pending() && self.state.poll_pending(&mut rings) {
                 // The late answer is queued: send it and go on with buffered requests.
                 return self.after(registry, |s, r| s.drive(r));
             }
             return Ok(Status::Open);
         }
-        self.after(registry, |s, r| s.drive(r))
+        if self.closing {
+            return Ok(self.finish_close(registry));
+        }
+        let r = self.after(registry, |s, r| s.drive(r));
+        self.check_faults(registry).unwrap_or(r)
+    }
+
+    /// Ends the session if its guest memory faulted under the mapping (a contained
+    /// SIGBUS: the front-end shrank a shared file).
+    fn check_faults(&mut self, registry: &Registry) -> Option<Result<Status, Error>> {
+        let now = sigbus::total_faults();
+        if now == self.faults {
+            return None;
+        }
+        self.faults = now;
+        if !self.state.memory_faulted() {
+            return None;
+        }
+        log::error!("vhost-io-mio: guest memory faulted under its mapping: ending the session");
+        Some(self.after(registry, |_, _| Err(Error::GuestMemoryFault)))
     }
 
     /// Runs `f`, turning a hang-up into `Closed` and closing the session on anything but

@@ -26,6 +26,10 @@ pub enum ServeError {
     /// The socket path could not be taken (in use, not a socket, ...).
     #[error(transparent)]
     Bind(#[from] vhost_backend::BindError),
+    /// The front-end shrank a file of guest memory under the mapping (the access was
+    /// contained, see `vhost_backend::os::sigbus`): the connection is closed.
+    #[error("guest memory faulted under its mapping (a shared file was shrunk): connection closed")]
+    GuestMemoryFault,
 }
 
 impl ServeError {

@@ -140,6 +140,10 @@ impl<D: Device> Session<D> {
                 if let Err(e) = self.workers.done.try_consume() {
                     return Err(ServeError::io("eventfd read", e));
                 }
+                if self.state.memory_faulted() {
+                    log::error!("vhost-io-std: guest memory faulted under its mapping");
+                    return Err(ServeError::GuestMemoryFault);
+                }
                 self.state.poll_pending(&mut self.workers);
                 self.drain(stream)?;
             }

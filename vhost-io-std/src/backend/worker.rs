@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use vhost_backend::os::eventfd::EventFd;
+use vhost_backend::os::sigbus;
 use vhost_backend::{Drained, ServedQueue};
 
 /// Without a kick fd (no-fd flag: "poll the ring", spec §3.1) the worker looks at the ring
@@ -51,6 +52,9 @@ pub(crate) struct Notifiers {
 #[derive(Debug)]
 struct Shared {
     commands: Mutex<Vec<Command>>,
+    /// The session's `done` eventfd, also signalled when a guest-memory fault was
+    /// contained (the session thread ends the session).
+    done: Arc<EventFd>,
     /// Signalled with every command.
     control: EventFd,
     finished: AtomicBool,
@@ -72,6 +76,7 @@ impl Worker {
     ) -> io::Result<Worker> {
         let shared = Arc::new(Shared {
             commands: Mutex::new(Vec::new()),
+            done: Arc::clone(&done),
             control: EventFd::new(true)?,
             finished: AtomicBool::new(false),
         });
@@ -138,9 +143,19 @@ fn run(mut ring: ServedQueue, mut n: Notifiers, shared: &Shared) -> ServedQueue 
     // Look at the ring once when it starts (spec §7.2: tolerate a start without a kick).
     serve(&mut ring, &n);
     let sources: Vec<_> = ring.sources().to_vec();
+    let mut faults = sigbus::total_faults();
     loop {
         if ring.is_quiesced() {
             break;
+        }
+        let now = sigbus::total_faults();
+        if now != faults {
+            // Some mapping faulted (maybe ours; the access was contained): the session
+            // thread looks and ends the session if it is its memory.
+            faults = now;
+            if let Err(e) = shared.done.signal() {
+                log::error!("vhost-io-std: queue {index}: cannot report a memory fault: {e}");
+            }
         }
         let watch_kick = !ring.is_stopping() && !ring.is_broken();
         let kick = n.kick.as_ref().filter(|_| watch_kick);
