@@ -193,7 +193,7 @@ fn recover(packed: bool, then_more: bool) {
     } else {
         DriverRing::split(&ram, 0, 0, QUEUE_SIZE, f).unwrap()
     };
-    ring.configure(&mut front, &ram).unwrap();
+    front.start_ring(&ring, &ram).unwrap();
     front.set_vring_enable(0, true).unwrap();
 
     let mut ids = Vec::new();
@@ -246,12 +246,7 @@ fn recover(packed: bool, then_more: bool) {
     } else {
         VringBase::split(used)
     };
-    front.set_vring_num(0, u32::from(ring.size())).unwrap();
-    front
-        .set_vring_addr(ram.vring_addr(0, ring.config()).unwrap())
-        .unwrap();
-    ring.restart(&mut front, base).unwrap();
-    front.set_vring_enable(0, true).unwrap();
+    front.start_ring_at(&ring, &ram, base).unwrap();
 
     let resubmitted = ring.collect(odd.len(), TIMEOUT).unwrap();
     let got: Vec<u16> = resubmitted.iter().map(|d| d.0).collect();

@@ -11,7 +11,7 @@ mod memory;
 
 pub use channel::{BackendMessage, FrontendChannel};
 pub use client::{DEFAULT_REPLY_TIMEOUT, Frontend};
-pub use driver::DriverRing;
+pub use driver::{DriverRing, ring_features};
 pub use memory::{GuestRam, packed_ring, split_ring};
 
 /// The guest memory driver rings work in.
