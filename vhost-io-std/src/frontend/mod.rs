@@ -7,11 +7,13 @@
 mod channel;
 mod client;
 mod driver;
+mod handler;
 mod memory;
 
 pub use channel::{BackendMessage, FrontendChannel};
 pub use client::{DEFAULT_REPLY_TIMEOUT, Frontend};
 pub use driver::{DriverRing, ring_features};
+pub use handler::{ChannelHandler, ChannelNotice, RefuseAll};
 pub use memory::{GuestRam, packed_ring, split_ring};
 
 /// The guest memory driver rings work in.
