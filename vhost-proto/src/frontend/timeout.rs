@@ -139,4 +139,45 @@ mod tests {
         c.handle_timeout(t0 + Duration::from_secs(100));
         assert!(!c.is_closed());
     }
+
+    proptest::proptest! {
+        /// Against a model (a FIFO of deadlines): `poll_timeout` is the oldest pending
+        /// deadline, and the connection closes exactly when time reaches it.
+        #[test]
+        fn deadlines_match_a_fifo_model(ops in proptest::collection::vec((0u8..3, 0u64..4000), 1..40)) {
+            let t0 = Instant::now();
+            let mut c = Connection::<i32>::new();
+            c.set_reply_timeout(Some(Duration::from_millis(1000)));
+            let mut now = t0;
+            let mut model: std::collections::VecDeque<Instant> = Default::default();
+            let mut closed = false;
+            for (op, ms) in ops {
+                match op {
+                    0 if !closed => {
+                        now += Duration::from_millis(ms / 4);
+                        c.get_features(now).unwrap();
+                        model.push_back(now + Duration::from_millis(1000));
+                    }
+                    1 if !closed && !model.is_empty() => {
+                        while c.poll_transmit().is_some() {}
+                        let r = FrontendReply::<i32>::U64 { value: 0 }
+                            .encode(FrontendReq::GetFeatures, &DecodeContext::default())
+                            .unwrap();
+                        c.handle_input(&r.bytes, vec![]).unwrap();
+                        model.pop_front();
+                    }
+                    _ => {
+                        now += Duration::from_millis(ms);
+                        c.handle_timeout(now);
+                        if model.front().is_some_and(|d| *d <= now) {
+                            closed = true;
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(c.is_closed(), closed);
+                let want = if closed { None } else { model.front().copied() };
+                proptest::prop_assert_eq!(c.poll_timeout(), want);
+            }
+        }
+    }
 }
