@@ -178,7 +178,7 @@ fn ours(count: u32) -> f64 {
     assert!(front.reply_ack());
     let start = Instant::now();
     for i in 0..count {
-        front.set_vring_num(i % 2, 256).unwrap();
+        front.set_vring_num((i % 2) as u16, 256).unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
     drop(front);

@@ -116,4 +116,45 @@ pub enum ClientError {
     /// The driver side of a ring failed.
     #[error("driver ring: {0}")]
     Ring(#[from] vring::Error),
+    /// The back-end did not complete the buffers waited for in time
+    /// ([`DriverRing::collect`](crate::frontend::DriverRing::collect)). The
+    /// `ready` completions that did come are kept in the ring: the next
+    /// `collect` or `pop_used` returns them first.
+    #[error("vring {index}: {ready} of {wanted} buffers completed before the timeout")]
+    CallTimeout {
+        /// The ring.
+        index: u16,
+        /// Completions that came (kept in the ring).
+        ready: usize,
+        /// Completions waited for.
+        wanted: usize,
+    },
+    /// A guest memory access outside the guest's regions, or a free of a
+    /// range that is not allocated.
+    #[error("guest memory: {len} bytes at {gpa:#x} are outside guest memory or not allocated")]
+    GuestMemory {
+        /// The guest address.
+        gpa: u64,
+        /// The length.
+        len: usize,
+    },
+    /// The guest memory allocator has no free range of this size and
+    /// alignment.
+    #[error("guest memory: no free {len:#x} bytes aligned to {align:#x}")]
+    OutOfGuestMemory {
+        /// The size asked for.
+        len: u64,
+        /// The alignment asked for.
+        align: u64,
+    },
+    /// A ring does not fit the negotiation (its layout or ring features
+    /// differ from what SET_FEATURES acked): the back-end would read it
+    /// differently, so it is not started.
+    #[error("vring {index}: {reason}")]
+    RingMismatch {
+        /// The ring.
+        index: u16,
+        /// What differs.
+        reason: &'static str,
+    },
 }

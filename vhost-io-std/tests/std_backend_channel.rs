@@ -120,7 +120,7 @@ fn open(
 
 fn start(front: &mut Frontend, ram: &GuestRam) -> DriverRing {
     let (ring, _) = DriverRing::split(ram, 0, 0, 64, ring_features(false)).unwrap();
-    ring.configure(front, ram).unwrap();
+    front.start_ring(&ring, ram).unwrap();
     front.set_vring_enable(0, true).unwrap();
     ring
 }

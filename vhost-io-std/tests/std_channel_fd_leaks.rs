@@ -76,7 +76,7 @@ fn session(refuse: bool) {
     let ram = GuestRam::new(0, RAM).unwrap();
     front.set_mem_table(&[(ram.region(), ram.fd())]).unwrap();
     let (ring, _) = DriverRing::split(&ram, 0, 0, 64, ring_features(false)).unwrap();
-    ring.configure(&mut front, &ram).unwrap();
+    front.start_ring(&ring, &ram).unwrap();
     let deadline = Instant::now() + TIMEOUT;
     let mut bch = loop {
         if let Some(c) = device.0.lock().unwrap().take() {

@@ -222,7 +222,7 @@ fn recover(packed: bool, then_more: bool) {
     } else {
         DriverRing::split(&ram, 0, 0, QUEUE_SIZE, f).unwrap()
     };
-    ring.configure(&mut front, &ram).unwrap();
+    front.start_ring(&ring, &ram).unwrap();
     front.set_vring_enable(0, true).unwrap();
 
     let mut ids = Vec::new();
@@ -275,12 +275,7 @@ fn recover(packed: bool, then_more: bool) {
     } else {
         VringBase::split(used)
     };
-    front.set_vring_num(0, u32::from(ring.size())).unwrap();
-    front
-        .set_vring_addr(ram.vring_addr(0, ring.config()).unwrap())
-        .unwrap();
-    ring.restart(&mut front, base).unwrap();
-    front.set_vring_enable(0, true).unwrap();
+    front.start_ring_at(&ring, &ram, base).unwrap();
 
     let resubmitted = ring.collect(odd.len(), TIMEOUT).unwrap();
     let got: Vec<u16> = resubmitted.iter().map(|d| d.0).collect();
@@ -338,4 +333,123 @@ fn packed_ring_recovers_exactly_the_unfinished_requests() {
 #[test]
 fn packed_ring_goes_on_after_recovery() {
     recover(true, true);
+}
+
+fn negotiate_with(front: &mut Frontend, packed: bool, reply_ack: bool) -> VirtioFeatures {
+    front.get_features().unwrap();
+    front.get_protocol_features().unwrap();
+    let mut p = ProtocolFeatures::MQ | ProtocolFeatures::INFLIGHT_SHMFD;
+    if reply_ack {
+        p |= ProtocolFeatures::REPLY_ACK;
+    }
+    front.set_protocol_features(p).unwrap();
+    front.set_owner().unwrap();
+    let mut f = VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES;
+    if packed {
+        f |= VirtioFeatures::RING_PACKED;
+    }
+    front.set_features(f).unwrap();
+    f
+}
+
+/// The toolkit's reconnect: the `Holder` child dies with the odd requests
+/// in flight; `Frontend::reconnect` connects to an `Echo` server started on
+/// the same path, hands it the kept inflight buffer and restarts the ring at
+/// its last position; Echo resubmits and answers exactly the odd requests.
+/// With and without REPLY_ACK (`start_ring` then synchronises with a
+/// GET_FEATURES round trip).
+fn resume_on_echo(packed: bool, reply_ack: bool) {
+    use vhost_io_std::echo::Echo;
+
+    let dir = TestDir::new(&format!(
+        "vhost-std-resume-{}-{packed}-{reply_ack}",
+        std::process::id()
+    ));
+    let path = dir.join("backend.sock");
+    let mut child = spawn_child(&path);
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let mut front = connect(&path);
+    let features = negotiate_with(&mut front, packed, reply_ack);
+    let inflight = front
+        .setup_inflight(1, QUEUE_SIZE)
+        .unwrap()
+        .expect("an inflight buffer");
+    front.set_mem_table(&ram.mem_table()).unwrap();
+    let (mut ring, _) = DriverRing::at(&ram, 0, 0, QUEUE_SIZE, features).unwrap();
+    assert_eq!(ring.is_packed(), packed);
+    front.start_ring(&ring, &ram).unwrap();
+
+    let mut ids = Vec::new();
+    for k in 0..REQUESTS {
+        let (out, inn) = bufs(k);
+        ram.write(out, &[k]).unwrap();
+        ram.write(inn, &[0xff]).unwrap();
+        ids.push(ring.add(&[(out, 1)], &[(inn, 1)]).unwrap());
+    }
+    ring.kick().unwrap();
+    let even: Vec<u16> = ids.iter().copied().step_by(2).collect();
+    let odd: Vec<u16> = ids.iter().copied().skip(1).step_by(2).collect();
+    let mut got: Vec<u16> = ring
+        .collect(even.len(), TIMEOUT)
+        .unwrap()
+        .iter()
+        .map(|d| d.0)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, even);
+    std::thread::sleep(Duration::from_millis(20));
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    drop(front);
+
+    let server = Server::bind(&path, Echo::new(1)).unwrap();
+    let echo = Arc::clone(server.device());
+    let server = server.spawn().unwrap();
+    let mut rings = [ring];
+    let front = Frontend::reconnect(
+        &path,
+        TIMEOUT,
+        |f| {
+            negotiate_with(f, packed, reply_ack);
+            Ok(())
+        },
+        &inflight,
+        &ram,
+        &mut rings,
+    )
+    .unwrap();
+    let [mut ring] = rings;
+    let resubmitted: Vec<u16> = ring
+        .collect(odd.len(), TIMEOUT)
+        .unwrap()
+        .iter()
+        .map(|d| d.0)
+        .collect();
+    assert_eq!(
+        resubmitted, odd,
+        "exactly the unfinished requests, in order"
+    );
+    assert_eq!(echo.requests(), odd.len() as u64, "nothing else was served");
+    for k in 0..REQUESTS {
+        let mut b = [0u8];
+        ram.read(bufs(k).1, &mut b).unwrap();
+        assert_eq!(b[0], k, "request {k} answered");
+    }
+    drop(front);
+    server.stop().unwrap();
+}
+
+#[test]
+fn reconnect_resumes_a_split_ring_from_the_inflight_region() {
+    resume_on_echo(false, true);
+}
+
+#[test]
+fn reconnect_resumes_a_packed_ring_without_reply_ack() {
+    resume_on_echo(true, false);
+}
+
+#[test]
+fn reconnect_resumes_a_split_ring_without_reply_ack() {
+    resume_on_echo(false, false);
 }

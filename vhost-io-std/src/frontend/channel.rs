@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use vhost_proto::backend::Refused;
-use vhost_proto::frontend::{Channel, ChannelEvent, ChannelToken, LookupToken};
+use vhost_proto::frontend::{Channel, ChannelEvent, ChannelToken, LookupToken, Mappings};
 use vhost_proto::session::{Negotiated, Rejection, Rule};
 use vhost_proto::wire::{BackendRequest, Uuid};
 
@@ -62,6 +62,10 @@ pub struct FrontendChannel {
     /// channel keeps it (SET_FEATURES may follow SET_BACKEND_REQ_FD).
     shared: Option<Arc<Mutex<Negotiated>>>,
     buf: Vec<u8>,
+    /// Host notifiers and shared memory the back-end mapped ([`serve`](Self::serve)).
+    pub(super) mappings: Mappings<OwnedFd>,
+    /// Rings in-band notifications are checked against.
+    pub(super) queues: Option<u16>,
 }
 
 impl FrontendChannel {
@@ -72,6 +76,8 @@ impl FrontendChannel {
             chan: Channel::new(negotiated),
             shared: None,
             buf: vec![0u8; READ_BUF],
+            mappings: Mappings::new(),
+            queues: None,
         }
     }
 

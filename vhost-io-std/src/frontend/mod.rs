@@ -7,12 +7,16 @@
 mod channel;
 mod client;
 mod driver;
+mod handler;
 mod memory;
+mod resume;
 
 pub use channel::{BackendMessage, FrontendChannel};
 pub use client::{DEFAULT_REPLY_TIMEOUT, Frontend};
-pub use driver::DriverRing;
+pub use driver::{DriverRing, ring_features};
+pub use handler::{ChannelHandler, ChannelNotice, RefuseAll};
 pub use memory::{GuestRam, packed_ring, split_ring};
+pub use resume::Inflight;
 
 /// The guest memory driver rings work in.
 pub type Memory = std::sync::Arc<vm_memory::GuestMemoryMmap>;

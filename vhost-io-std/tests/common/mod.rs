@@ -106,8 +106,7 @@ pub fn start_ring(
     } else {
         DriverRing::split(ram, index, base, size, f).unwrap()
     };
-    ring.configure(front, ram).unwrap();
-    front.set_vring_enable(index.into(), true).unwrap();
+    front.start_ring(&ring, ram).unwrap();
     ring
 }
 

@@ -77,7 +77,7 @@ pub fn data_path<B: EchoBackend>(packed: bool, event_idx: bool) {
     }
     // Stop all rings: positions cover every request.
     for ring in &rings {
-        let base = front.get_vring_base(ring.index().into()).unwrap();
+        let base = front.get_vring_base(ring.index()).unwrap();
         if packed {
             // 300 two-descriptor buffers: 600 slots in a 128 ring.
             let (slots, size) = (600u32, u32::from(ring.size()));
@@ -134,7 +134,7 @@ pub fn stop_and_resume<B: EchoBackend>(
     } else {
         DriverRing::split_at(&ram, 0, 0, 16, f, 65530).unwrap()
     };
-    ring.configure(&mut front, &ram).unwrap();
+    front.start_ring(&ring, &ram).unwrap();
     front.set_vring_enable(0, true).unwrap();
     echo_through(&mut ring, &ram, 5, 32, 3);
     let base = front.get_vring_base(0).unwrap();
@@ -166,7 +166,7 @@ pub fn add_while_stopped_then_restart(
     // Nothing comes back while the ring is stopped.
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(ring.pop_used().unwrap(), None);
-    ring.restart(front, base).unwrap();
+    front.restart_ring(ring, base).unwrap();
     (id, ring.collect(1, TIMEOUT).unwrap())
 }
 

@@ -2,6 +2,7 @@
 //! negotiated, matches replies, tracks negotiation.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::session::requests::{Requests, match_reply, reply_decode_fatal, unexpected_input};
 use crate::session::{
@@ -20,7 +21,7 @@ pub const MAX_QUEUED_REQUESTS: usize = 64;
 
 /// What a sent request waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Expect {
+pub(super) enum Expect {
     Nothing,
     Ack,
     Body,
@@ -28,12 +29,18 @@ enum Expect {
 
 /// A sent request until it completes.
 #[derive(Clone, Copy, Debug)]
-struct Outstanding {
-    id: RequestId,
-    code: FrontendReq,
-    expect: Expect,
+pub(super) struct Outstanding {
+    pub(super) id: RequestId,
+    pub(super) code: FrontendReq,
+    pub(super) expect: Expect,
     detail: Detail,
+    /// When its reply is due (requests that wait for one and were sent with a time).
+    pub(super) deadline: Option<Instant>,
 }
+
+/// How long a request waits for its reply unless told otherwise
+/// ([`Connection::set_reply_timeout`]).
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The front-end's side of the main socket.
 ///
@@ -69,9 +76,10 @@ pub struct Connection<H> {
     postcopy_advised: bool,
     memory_ack_due: bool,
     decoder: FrontendReplyDecoder<H>,
-    requests: Requests<Outstanding, H>,
-    events: VecDeque<Event<H>>,
+    pub(super) requests: Requests<Outstanding, H>,
+    pub(super) events: VecDeque<Event<H>>,
     closed: bool,
+    pub(super) reply_timeout: Option<Duration>,
 }
 
 impl<H> Default for Connection<H> {
@@ -96,6 +104,7 @@ impl<H> Connection<H> {
             requests: Requests::default(),
             events: VecDeque::new(),
             closed: false,
+            reply_timeout: Some(DEFAULT_REPLY_TIMEOUT),
         }
     }
 
@@ -136,7 +145,30 @@ impl<H> Connection<H> {
 
     /// Checks, encodes and queues a request; returns its id for matching the completion.
     /// Requests without a reply (and without NEED_REPLY) complete when transmitted.
+    ///
+    /// A request sent without a time has no reply deadline; use [`send_at`](Self::send_at)
+    /// or the typed helpers for one.
     pub fn send(&mut self, req: FrontendRequest<H>) -> Result<RequestId, ApiError> {
+        self.send_with_deadline(req, None)
+    }
+
+    /// Like [`send`](Self::send), at time `now`: a request that waits for a reply (a reply
+    /// body, or an ack under REPLY_ACK) must get it by `now` + the
+    /// [reply timeout](Self::set_reply_timeout), queue time included (see
+    /// [`poll_timeout`](Self::poll_timeout)).
+    pub fn send_at(
+        &mut self,
+        now: Instant,
+        req: FrontendRequest<H>,
+    ) -> Result<RequestId, ApiError> {
+        self.send_with_deadline(req, Some(now))
+    }
+
+    fn send_with_deadline(
+        &mut self,
+        req: FrontendRequest<H>,
+        now: Option<Instant>,
+    ) -> Result<RequestId, ApiError> {
         if self.closed {
             return Err(ApiError::Closed);
         }
@@ -234,11 +266,17 @@ impl<H> Connection<H> {
             .map_err(ApiError::Encode)?
             .into();
         let id = RequestId(self.requests.next_id());
+        let deadline = match (expect, now, self.reply_timeout) {
+            (Expect::Nothing, _, _) | (_, None, _) | (_, _, None) => None,
+            // A deadline past the end of time is no deadline.
+            (_, Some(now), Some(t)) => now.checked_add(t),
+        };
         let sent = Outstanding {
             id,
             code,
             expect,
             detail,
+            deadline,
         };
         if self
             .requests
@@ -272,7 +310,7 @@ impl<H> Connection<H> {
         self.events.pop_front()
     }
 
-    fn fail(&mut self, e: FatalError) -> FatalError {
+    pub(super) fn fail(&mut self, e: FatalError) -> FatalError {
         if !self.closed {
             self.closed = true;
             self.requests.clear();

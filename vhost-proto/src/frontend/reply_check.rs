@@ -59,6 +59,9 @@ pub(crate) fn check<H>(
                 ))
             }
         }
+        (C::GetStatus, P::U64 { value }) if *value > 0xff => {
+            Err(bad(request, "status is not a byte"))
+        }
         (C::CreateCryptoSession, P::CryptoSession { .. })
         | (C::PostcopyAdvise, P::PostcopyAdvise { .. })
         | (C::SetMemTable, P::MemTable { .. })

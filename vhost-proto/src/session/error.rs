@@ -359,6 +359,14 @@ pub enum FatalError {
     /// The session already failed fatally.
     #[error("session closed by an earlier fatal error")]
     Closed,
+    /// No reply came before the request's deadline (front-end reply deadlines, see
+    /// `frontend::Connection::handle_timeout`). A late reply would be matched to the wrong
+    /// request, so the connection is closed.
+    #[error("no reply to {request} before its deadline")]
+    ReplyTimeout {
+        /// The request whose reply did not come.
+        request: ReqCode,
+    },
 }
 
 /// Wrong use of the API by the embedder. The session state is unchanged.
@@ -388,6 +396,15 @@ pub enum ApiError {
     /// The session failed fatally earlier; nothing more can be done on it.
     #[error("session closed by an earlier fatal error")]
     Closed,
+    /// An argument is outside what the request's wire field can carry (e.g. a vring index
+    /// above 255 where the wire field is 8 bits); nothing was sent.
+    #[error("{request}: {reason}")]
+    InvalidArgument {
+        /// The request.
+        request: ReqCode,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// Which of the three classes an [`Error`](enum@Error) is.
