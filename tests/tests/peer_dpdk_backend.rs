@@ -80,8 +80,7 @@ fn connect(sock: &Path, ram: &GuestRam, packed: bool) -> (Frontend, DriverRing, 
     let (tx, end1) = make(1, 0x2_0000);
     assert!(end0 <= 0x2_0000 && end1 <= RX_BUFS);
     for ring in [&rx, &tx] {
-        ring.configure(&mut front, ram).unwrap();
-        front.set_vring_enable(ring.index().into(), true).unwrap();
+        front.start_ring(ring, ram).unwrap();
     }
     (front, rx, tx)
 }

@@ -357,8 +357,7 @@ fn drive(sock: &Path, event_idx: bool) {
             let (ring, end) =
                 DriverRing::split(&ram, q, u64::from(q) * 0x1_0000, QUEUE_SIZE, rf).unwrap();
             assert!(end <= BUFS);
-            ring.configure(&mut front, &ram).unwrap();
-            front.set_vring_enable(q.into(), true).unwrap();
+            front.start_ring(&ring, &ram).unwrap();
             BlkQueue {
                 ring,
                 arena: Arena::new(q),
@@ -425,7 +424,7 @@ fn drive(sock: &Path, event_idx: bool) {
 
     // Stop both rings: the position is the number of requests each was given.
     for queue in &queues {
-        let base = front.get_vring_base(queue.ring.index().into()).unwrap();
+        let base = front.get_vring_base(queue.ring.index()).unwrap();
         assert_eq!(
             u32::from(base.split_next_avail()),
             queue.submitted,

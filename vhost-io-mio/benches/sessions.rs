@@ -86,8 +86,7 @@ fn open(stream: UnixStream, packed: bool) -> Front {
     } else {
         DriverRing::split(&ram, 0, 0, 16, ring_features(true)).unwrap()
     };
-    ring.configure(&mut front, &ram).unwrap();
-    front.set_vring_enable(0, true).unwrap();
+    front.start_ring(&ring, &ram).unwrap();
     Front {
         _front: front,
         ram,

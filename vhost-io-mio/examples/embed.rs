@@ -117,8 +117,7 @@ fn drive_a_frontend(path: &std::path::Path) -> Result<(), Box<dyn Error>> {
         .set_features(offered & (VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES))?;
     front.set_mem_table(&[(ram.region(), ram.fd())])?;
     let (mut ring, _) = DriverRing::split(&ram, 0, 0, 64, vring::RingFeatures::default())?;
-    ring.configure(&mut front, &ram)?;
-    front.set_vring_enable(0, true)?;
+    front.start_ring(&ring, &ram)?;
 
     let (out, inn) = (0x8_0000, 0x9_0000);
     GuestSlice::new(ram.memory(), out, 5)?.write_at(0, b"hello")?;

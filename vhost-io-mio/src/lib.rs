@@ -13,12 +13,13 @@
 //! - [`Server`]: a ready-made loop for users without one: a listener and/or sockets handed
 //!   over with [`Handle::add`], any number of sessions in one thread.
 //!
-//! Devices run in the loop's thread: `process_queue` and the other
-//! [`Device`](vhost_backend::Device) callbacks must not block (a device with slow
-//! work hands it to threads of its own and wakes its queue with
-//! [`Device::queue_wakeup`](vhost_backend::Device::queue_wakeup)). A device that
-//! panics in `process_queue` breaks only that ring (its err fd is signalled), as a
-//! panicking worker thread does in the std binding. A session never buffers much: reads
+//! Devices run in the loop's thread: [`QueueHandler`](vhost_backend::QueueHandler)s and
+//! the other [`Device`](vhost_backend::Device) callbacks must not block (slow work goes to
+//! the handler's own completion source, a [`Source`](vhost_backend::Source) the session
+//! registers under a token of its own). A handler that panics breaks only its ring (its
+//! err fd is signalled), as on the std runner. GET_VRING_BASE, memory changes, reset and
+//! a front-end that leaves wait, without blocking the loop, until the handlers have
+//! completed what they hold. A session never buffers much: reads
 //! go through a buffer on the stack, input and output are bounded by the protocol core's
 //! queues, and a front-end that reads no reply stops being read.
 //!
@@ -77,4 +78,4 @@ mod session;
 pub use error::Error;
 pub use listener::Listener;
 pub use server::{Handle, Server, ServerHandle};
-pub use session::{MAX_TOKEN_SPAN, Session, Status};
+pub use session::{MAX_TOKEN_SPAN, SLOTS, Session, Status};

@@ -14,7 +14,8 @@ use vhost_backend::state::SessionState;
 use vhost_proto::backend::{Connection, Event, Transmit};
 
 use crate::Error;
-use crate::rings::{Inline, Ring, SLOTS, token_slot};
+pub use crate::rings::SLOTS;
+use crate::rings::{Inline, Ring, token_slot};
 
 /// Bytes read per `recvmsg`, on the stack of the call (no per-session buffer): the largest
 /// request fits, and several small pipelined ones.
@@ -144,7 +145,7 @@ impl<D: Device + ?Sized> Session<D> {
     }
 
     /// The tokens this session uses, from the one it is registered under: its socket and
-    /// [`SLOTS`](crate::rings) per ring.
+    /// [`SLOTS`] per ring.
     pub fn token_span(&self) -> usize {
         1 + self.rings.len() * SLOTS
     }

@@ -52,8 +52,7 @@ fn open(handle: &vhost_io_mio::Handle, packed: bool) -> Front {
     } else {
         DriverRing::split(&ram, 0, 0, 16, f).unwrap()
     };
-    ring.configure(&mut front, &ram).unwrap();
-    front.set_vring_enable(0, true).unwrap();
+    front.start_ring(&ring, &ram).unwrap();
     Front {
         _front: front,
         ram,

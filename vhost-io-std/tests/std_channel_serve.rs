@@ -9,9 +9,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use vhost_io_std::ChannelError;
+use vhost_backend::ChannelError;
+use vhost_backend::os::socket::{recv_with_fds, send_all_with_fds};
 use vhost_io_std::frontend::{ChannelHandler, ChannelNotice, FrontendChannel, RefuseAll};
-use vhost_io_std::os::socket::{recv_with_fds, send_all_with_fds};
 use vhost_proto::backend::Refused;
 use vhost_proto::frontend::MappingError;
 use vhost_proto::session::Negotiated;

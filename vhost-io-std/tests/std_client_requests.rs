@@ -10,9 +10,9 @@ use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use vhost_backend::os::socket::{recv_with_fds, send_all_with_fds};
 use vhost_io_std::ClientError;
 use vhost_io_std::frontend::Frontend;
-use vhost_io_std::os::socket::{recv_with_fds, send_all_with_fds};
 use vhost_proto::session::ApiError;
 use vhost_proto::wire::{
     DecodeContext, FrontendReply, FrontendReq, FrontendRequest, FrontendRequestDecoder, Input,

@@ -359,7 +359,7 @@ fn negotiate_with(front: &mut Frontend, packed: bool, reply_ack: bool) -> Virtio
 /// With and without REPLY_ACK (`start_ring` then synchronises with a
 /// GET_FEATURES round trip).
 fn resume_on_echo(packed: bool, reply_ack: bool) {
-    use vhost_io_std::echo::Echo;
+    use vhost_backend::echo::Echo;
 
     let dir = TestDir::new(&format!(
         "vhost-std-resume-{}-{packed}-{reply_ack}",

@@ -83,8 +83,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         } else {
             DriverRing::split(&ram, 0, 0, QUEUE_SIZE, f)?
         };
-        ring.configure(&mut front, &ram)?;
-        front.set_vring_enable(0, true)?;
+        front.start_ring(&ring, &ram)?;
 
         let mem = ram.memory();
         for k in 0..u64::from(BATCH) {
