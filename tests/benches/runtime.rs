@@ -27,11 +27,21 @@
 //!   requests per back-end CPU-second) is reported.
 //! - `RUNTIME_BENCH_ONLY`: comma-separated back-ends (`std,mio,rustvmm`).
 //! - `RUNTIME_BENCH_DEPTHS` (default `1,32`): requests in flight.
-//! - `RUNTIME_BENCH_PIN=1`: pin the front-end to CPU 0 and the back-end
-//!   process to CPU 1 (off by default).
-//! - `RUNTIME_BENCH_STRACE=1`: after each timed window, a further 1-second
-//!   window with `strace -c -f -p <child>` attached; prints the back-end's
-//!   syscalls per request (those windows are not in the table).
+//! - `RUNTIME_BENCH_PIN=same|split|none` (default `same`): `same` pins the
+//!   front-end and the back-end process to one CPU (the last one), `split`
+//!   the front-end to CPU 0 and the back-end to CPU 1, `none` pins nothing.
+//!   Pinning is the default because it makes the figures reproducible on a
+//!   small VM: unpinned, the scheduler sometimes puts both ends on one CPU
+//!   and sometimes not, and a wakeup across vCPUs (an IPI and a halted vCPU
+//!   woken by the hypervisor) costs ~20 µs here against ~1.5 µs on one CPU,
+//!   so depth-1 figures jump by 20× between runs. `split` is stable but
+//!   measures mostly the hypervisor's wakeup cost.
+//! - `RUNTIME_BENCH_SYSCALLS=perf` (or `strace`): after each timed window, a
+//!   further 1-second window with `perf stat -e syscalls:sys_enter_* -p
+//!   <child>` (or `strace -c -f -p <child>`) attached; prints the back-end's
+//!   syscalls and context switches per 1000 requests (those windows are not
+//!   in the table). perf counts in the kernel and barely slows the back-end;
+//!   strace stops it on every syscall, which changes how often it sleeps.
 //!
 //! The back-end runs in this same binary, re-executed as
 //! `runtime --serve std|mio|rustvmm --socket PATH --parent PID [--cpu N]`.
@@ -49,6 +59,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 type BoxResult<T> = Result<T, Box<dyn Error>>;
+
+/// `(syscall or event, count)` rows of a traced window.
+type Counts = Vec<(String, u64)>;
 
 /// Queue size of the one queue.
 const QUEUE_SIZE: u16 = 256;
@@ -345,7 +358,9 @@ impl BackendProcess {
             cmd.arg("--cpu").arg(cpu.to_string());
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
-        let mut p = BackendProcess { child: cmd.spawn()? };
+        let mut p = BackendProcess {
+            child: cmd.spawn()?,
+        };
         // Wait for the listening socket (never probe it with a connect: the
         // std and rust-vmm servers would take that as their front-end).
         let deadline = Instant::now() + TIMEOUT;
@@ -403,6 +418,28 @@ fn process_cpu_ns(pid: &str) -> io::Result<u64> {
     Ok(total)
 }
 
+/// Context switches (voluntary: the thread slept; involuntary: it was
+/// preempted) of every thread of process `pid`, from
+/// `/proc/<pid>/task/*/status`.
+fn process_switches(pid: &str) -> io::Result<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("status");
+        match std::fs::read_to_string(&path) {
+            Ok(s) => {
+                total += s
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
 /// A fresh directory for the socket, removed on drop.
 struct SocketDir(PathBuf);
 
@@ -426,47 +463,123 @@ impl Drop for SocketDir {
     }
 }
 
-/// `strace -c -f -p PID` attached to the back-end; detached (SIGINT: strace
-/// writes its summary) and reaped on drop.
-struct Strace {
+/// How the back-end's syscalls are counted in the extra window.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TraceMode {
+    /// `perf stat -e syscalls:sys_enter_* -p PID`: in-kernel counters, the
+    /// back-end runs at nearly full speed.
+    Perf,
+    /// `strace -c -f -p PID`: ptrace stops every syscall, which slows the
+    /// back-end by an order of magnitude and changes how often it sleeps.
+    Strace,
+}
+
+/// The syscalls `perf stat` counts (every syscall the runners make on the
+/// data path, and the total).
+const PERF_EVENTS: &[&str] = &[
+    "raw_syscalls:sys_enter",
+    "context-switches",
+    "syscalls:sys_enter_read",
+    "syscalls:sys_enter_write",
+    "syscalls:sys_enter_readv",
+    "syscalls:sys_enter_writev",
+    "syscalls:sys_enter_poll",
+    "syscalls:sys_enter_ppoll",
+    "syscalls:sys_enter_epoll_wait",
+    "syscalls:sys_enter_epoll_pwait",
+    "syscalls:sys_enter_epoll_pwait2",
+    "syscalls:sys_enter_recvmsg",
+    "syscalls:sys_enter_sendmsg",
+    "syscalls:sys_enter_futex",
+    "syscalls:sys_enter_sched_yield",
+];
+
+/// `perf stat` or `strace -c -f` attached to the back-end; detached with
+/// SIGINT (both then write their summary) and reaped on drop.
+struct Tracer {
+    mode: TraceMode,
     child: Child,
     out: PathBuf,
 }
 
-impl Strace {
-    fn attach(pid: u32, out: PathBuf) -> BoxResult<Self> {
-        let child = Command::new("strace")
-            .args(["-c", "-f", "-q", "-o"])
+impl Tracer {
+    fn attach(mode: TraceMode, pid: u32, out: PathBuf) -> BoxResult<Self> {
+        let mut cmd = match mode {
+            TraceMode::Perf => {
+                let mut c = Command::new("perf");
+                c.args(["stat", "-x", ",", "-e", &PERF_EVENTS.join(","), "-o"]);
+                c
+            }
+            TraceMode::Strace => {
+                let mut c = Command::new("strace");
+                c.args(["-c", "-f", "-q", "-o"]);
+                c
+            }
+        };
+        let program = format!("{:?}", cmd.get_program());
+        let child = cmd
             .arg(&out)
             .arg("-p")
             .arg(pid.to_string())
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .spawn()
-            .map_err(|e| format!("strace: {e} (apt-get install -y strace)"))?;
+            .map_err(|e| format!("{program}: {e}"))?;
         // Let it attach to every thread.
         std::thread::sleep(Duration::from_millis(500));
-        Ok(Strace { child, out })
+        Ok(Tracer { mode, child, out })
     }
 
-    /// Detaches and returns `(syscall, calls)`, most frequent first.
-    fn finish(mut self) -> BoxResult<Vec<(String, u64)>> {
+    /// Detaches and returns `(what, count)`, the total first, then the most
+    /// frequent first.
+    fn finish(mut self) -> BoxResult<Counts> {
         self.stop();
         let text = std::fs::read_to_string(&self.out)?;
         let mut rows = Vec::new();
+        let mut total = None;
         for line in text.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 5 || f.first().is_none_or(|c| c.parse::<f64>().is_err()) {
-                continue;
-            }
-            let Some(&name) = f.last() else { continue };
-            if name == "total" {
-                continue;
-            }
-            if let Some(calls) = f.get(3).and_then(|c| c.parse::<u64>().ok()) {
-                rows.push((name.to_owned(), calls));
+            match self.mode {
+                TraceMode::Perf => {
+                    // count,unit,event,...
+                    let f: Vec<&str> = line.split(',').collect();
+                    let (Some(count), Some(event)) = (
+                        f.first().and_then(|c| c.trim().parse::<u64>().ok()),
+                        f.get(2),
+                    ) else {
+                        continue;
+                    };
+                    match *event {
+                        "raw_syscalls:sys_enter" => total = Some(count),
+                        "context-switches" => rows.push(("(context switches)".to_owned(), count)),
+                        e => {
+                            let name = e.trim_start_matches("syscalls:sys_enter_");
+                            rows.push((name.to_owned(), count));
+                        }
+                    }
+                }
+                TraceMode::Strace => {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    if f.len() < 5 || f.first().is_none_or(|c| c.parse::<f64>().is_err()) {
+                        continue;
+                    }
+                    let Some(&name) = f.last() else { continue };
+                    if name == "total" {
+                        continue;
+                    }
+                    if let Some(calls) = f.get(3).and_then(|c| c.parse::<u64>().ok()) {
+                        rows.push((name.to_owned(), calls));
+                    }
+                }
             }
         }
-        rows.sort_by(|a, b| b.1.cmp(&a.1));
+        let total = total.unwrap_or_else(|| {
+            rows.iter()
+                .filter(|(n, _)| !n.starts_with('('))
+                .map(|(_, c)| c)
+                .sum()
+        });
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+        rows.insert(0, ("total".to_owned(), total));
         Ok(rows)
     }
 
@@ -488,7 +601,7 @@ impl Strace {
     }
 }
 
-impl Drop for Strace {
+impl Drop for Tracer {
     fn drop(&mut self) {
         self.stop();
     }
@@ -725,8 +838,9 @@ struct Config {
     rounds: usize,
     kinds: Vec<Kind>,
     depths: Vec<usize>,
-    pin: bool,
-    strace: bool,
+    /// CPUs of the front-end and of the back-end.
+    pin: Option<(usize, usize)>,
+    trace: Option<TraceMode>,
 }
 
 fn env_f64(name: &str, default: f64) -> BoxResult<f64> {
@@ -758,15 +872,27 @@ impl Config {
         {
             return Err("RUNTIME_BENCH_DEPTHS: 1..=128".into());
         }
-        let flag = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
         Ok(Config {
             window: Duration::from_secs_f64(env_f64("RUNTIME_BENCH_SECS", 3.0)?),
             warmup: Duration::from_secs_f64(env_f64("RUNTIME_BENCH_WARMUP_SECS", 0.5)?),
             rounds: env_f64("RUNTIME_BENCH_ROUNDS", 1.0)?.max(1.0) as usize,
             kinds,
             depths,
-            pin: flag("RUNTIME_BENCH_PIN"),
-            strace: flag("RUNTIME_BENCH_STRACE"),
+            pin: match std::env::var("RUNTIME_BENCH_PIN").as_deref() {
+                Ok("same") | Err(_) => {
+                    let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+                    Some((last, last))
+                }
+                Ok("split") => Some((0, 1)),
+                Ok("none") => None,
+                Ok(v) => return Err(format!("RUNTIME_BENCH_PIN={v}: same, split or none").into()),
+            },
+            trace: match std::env::var("RUNTIME_BENCH_SYSCALLS").as_deref() {
+                Ok("perf") => Some(TraceMode::Perf),
+                Ok("strace") => Some(TraceMode::Strace),
+                Ok(v) => return Err(format!("RUNTIME_BENCH_SYSCALLS={v}: perf or strace").into()),
+                Err(_) => None,
+            },
         })
     }
 }
@@ -778,6 +904,7 @@ struct Measure {
     wall_ns: u64,
     backend_ns: u64,
     frontend_ns: u64,
+    backend_switches: u64,
 }
 
 impl Measure {
@@ -793,6 +920,9 @@ impl Measure {
     fn per_cpu_second(&self) -> f64 {
         self.requests as f64 * 1e9 / self.backend_ns.max(1) as f64
     }
+    fn backend_switches_per_req(&self) -> f64 {
+        self.backend_switches as f64 / self.requests.max(1) as f64
+    }
     fn backend_load(&self) -> f64 {
         self.backend_ns as f64 / self.wall_ns.max(1) as f64
     }
@@ -805,10 +935,10 @@ fn run_case(
     kind: Kind,
     packed: bool,
     depth: usize,
-) -> BoxResult<(Measure, Option<Vec<(String, u64)>>)> {
+) -> BoxResult<(Measure, Option<Counts>)> {
     let dir = SocketDir::new()?;
     let socket = dir.0.join("echo.sock");
-    let mut backend = BackendProcess::spawn(kind, &socket, cfg.pin.then_some(1))?;
+    let mut backend = BackendProcess::spawn(kind, &socket, cfg.pin.map(|(_, b)| b))?;
     let pid = backend.pid().to_string();
     let mut d = driver::Driver::connect(&socket, packed, depth)?;
 
@@ -819,16 +949,18 @@ fn run_case(
     }
     d.set_verify(false);
 
-    let (b0, f0, t0) = (
+    let (s0, b0, f0, t0) = (
+        process_switches(&pid)?,
         process_cpu_ns(&pid)?,
         process_cpu_ns("self")?,
         Instant::now(),
     );
     let requests = d.run(cfg.window)?;
-    let (t1, b1, f1) = (
+    let (t1, f1, b1, s1) = (
         Instant::now(),
-        process_cpu_ns(&pid)?,
         process_cpu_ns("self")?,
+        process_cpu_ns(&pid)?,
+        process_switches(&pid)?,
     );
     backend.check_alive()?;
     let m = Measure {
@@ -836,11 +968,12 @@ fn run_case(
         wall_ns: (t1 - t0).as_nanos() as u64,
         backend_ns: b1.saturating_sub(b0),
         frontend_ns: f1.saturating_sub(f0),
+        backend_switches: s1.saturating_sub(s0),
     };
 
-    let syscalls = if cfg.strace {
+    let syscalls = if let Some(mode) = cfg.trace {
         d.drain()?;
-        let trace = Strace::attach(backend.pid(), dir.0.join("strace.txt"))?;
+        let trace = Tracer::attach(mode, backend.pid(), dir.0.join("trace.txt"))?;
         d.refill(depth)?;
         let n = d.run(Duration::from_secs(1))?;
         d.drain()?;
@@ -868,7 +1001,7 @@ fn thousands(x: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -878,8 +1011,8 @@ fn thousands(x: f64) -> String {
 
 fn bench() -> BoxResult<()> {
     let cfg = Config::from_env()?;
-    if cfg.pin {
-        pin_to(0)?;
+    if let Some((front, _)) = cfg.pin {
+        pin_to(front)?;
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -896,15 +1029,15 @@ fn bench() -> BoxResult<()> {
         cfg.warmup.as_secs_f64(),
         cfg.window.as_secs_f64(),
         cfg.rounds,
-        if cfg.pin {
-            ", front-end pinned to CPU 0, back-end to CPU 1"
-        } else {
-            ", not pinned"
+        match cfg.pin {
+            Some((f, b)) if f == b => format!(", front-end and back-end pinned to CPU {f}"),
+            Some((f, b)) => format!(", front-end pinned to CPU {f}, back-end to CPU {b}"),
+            None => ", not pinned".to_owned(),
         },
-        if cfg.strace {
-            ", strace windows on"
-        } else {
-            ""
+        match cfg.trace {
+            Some(TraceMode::Perf) => ", syscall windows (perf stat) on",
+            Some(TraceMode::Strace) => ", syscall windows (strace) on",
+            None => "",
         },
     );
 
@@ -913,13 +1046,13 @@ fn bench() -> BoxResult<()> {
         depth: usize,
         kind: Kind,
         m: Option<Measure>,
-        syscalls: Option<Vec<(String, u64)>>,
+        syscalls: Option<Counts>,
     }
     let mut rows: Vec<Row> = Vec::new();
     for packed in [false, true] {
         let layout = if packed { "packed" } else { "split" };
         for &depth in &cfg.depths {
-            let mut per_kind: Vec<(Kind, Vec<Measure>, Option<Vec<(String, u64)>>)> =
+            let mut per_kind: Vec<(Kind, Vec<Measure>, Option<Counts>)> =
                 cfg.kinds.iter().map(|&k| (k, Vec::new(), None)).collect();
             // Rounds interleave the back-ends, so that drift on a shared
             // machine hits them alike.
@@ -931,11 +1064,12 @@ fn bench() -> BoxResult<()> {
                     let (m, s) = run_case(&cfg, *kind, packed, depth)
                         .map_err(|e| format!("{layout} depth {depth} {}: {e}", kind.arg()))?;
                     eprintln!(
-                        "  {layout:6} depth {depth:3} {:34} {:>10} req/s  back-end {:6.0} ns/req ({:3.0}% of a CPU)  front-end {:6.0} ns/req",
+                        "  {layout:6} depth {depth:3} {:34} {:>10} req/s  back-end {:6.0} ns/req ({:3.0}% of a CPU, {:.2} context switches/req)  front-end {:6.0} ns/req",
                         kind.label(),
                         thousands(m.rps()),
                         m.backend_ns_per_req(),
                         m.backend_load() * 100.0,
+                        m.backend_switches_per_req(),
                         m.frontend_ns_per_req(),
                     );
                     ms.push(m);
@@ -974,14 +1108,14 @@ fn bench() -> BoxResult<()> {
     );
     println!();
     println!(
-        "| ring | depth | back-end | requests/s | back-end CPU | back-end CPU ns/request | requests per back-end CPU-second | vs rust-vmm (per CPU-second) |"
+        "| ring | depth | back-end | requests/s | back-end CPU | back-end context switches/request | back-end CPU ns/request | requests per back-end CPU-second | vs rust-vmm (per CPU-second) |"
     );
-    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
     let mut goals = Vec::new();
     for r in &rows {
         let Some(m) = r.m else {
             println!(
-                "| {} | {} | {} | not supported (virtio-queue has no packed ring) | | | | |",
+                "| {} | {} | {} | not supported (virtio-queue has no packed ring) | | | | | |",
                 r.layout,
                 r.depth,
                 r.kind.label()
@@ -998,12 +1132,13 @@ fn bench() -> BoxResult<()> {
             (_, None) => "—".to_owned(),
         };
         println!(
-            "| {} | {} | {} | {} | {:.0} % | {:.0} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} % | {:.2} | {:.0} | {} | {} |",
             r.layout,
             r.depth,
             r.kind.label(),
             thousands(m.rps()),
             m.backend_load() * 100.0,
+            m.backend_switches_per_req(),
             m.backend_ns_per_req(),
             thousands(m.per_cpu_second()),
             ratio
@@ -1027,26 +1162,28 @@ fn bench() -> BoxResult<()> {
             );
         }
     }
-    if cfg.strace {
+    if let Some(mode) = cfg.trace {
         println!();
         println!(
-            "Back-end syscalls per 1000 requests (strace -c -f, separate 1 s window; \
-             calls under 1 per 1000 left out):"
+            "Back-end syscalls per 1000 requests ({}, a separate 1 s window after the timed one):",
+            match mode {
+                TraceMode::Perf => "perf stat -e syscalls:sys_enter_* -p <back-end>",
+                TraceMode::Strace =>
+                    "strace -c -f -p <back-end>; ptrace slows the back-end, so it sleeps less often than untraced",
+            }
         );
         for r in &rows {
             let Some(sys) = &r.syscalls else { continue };
-            let total: u64 = sys.iter().map(|(_, c)| c).sum();
             let list: Vec<String> = sys
                 .iter()
                 .filter(|(_, c)| *c > 0)
                 .map(|(n, c)| format!("{n} {c}"))
                 .collect();
             println!(
-                "  {:6} depth {:3} {:34} total {:5}: {}",
+                "  {:6} depth {:3} {:34} {}",
                 r.layout,
                 r.depth,
                 r.kind.label(),
-                total,
                 list.join(", ")
             );
         }
