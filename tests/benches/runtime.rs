@@ -1011,6 +1011,7 @@ fn thousands(x: f64) -> String {
 
 fn bench() -> BoxResult<()> {
     let cfg = Config::from_env()?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     if let Some((front, _)) = cfg.pin {
         pin_to(front)?;
     }
@@ -1023,7 +1024,6 @@ fn bench() -> BoxResult<()> {
                 .map(|m| m.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     eprintln!(
         "runtime bench: {cores} CPUs ({cpu}); {:.1} s warm-up + {:.1} s timed per case, {} round(s){}{}",
         cfg.warmup.as_secs_f64(),
