@@ -661,7 +661,21 @@ mod driver {
         /// requests available.
         pub fn connect(socket: &Path, packed: bool, depth: usize) -> BoxResult<Self> {
             let ram = GuestRam::new(0, RAM)?;
-            let mut front = Frontend::connect(socket)?;
+            // The socket file exists from bind(); until listen() a connect
+            // is refused: retry that (a refused connect reaches no server).
+            let deadline = Instant::now() + TIMEOUT;
+            let mut front = loop {
+                match Frontend::connect(socket) {
+                    Ok(f) => break f,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::ConnectionRefused
+                            && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(format!("connect: {e}").into()),
+                }
+            };
             let offered = front.get_features()?;
             let mut features = VirtioFeatures::VERSION_1
                 | VirtioFeatures::PROTOCOL_FEATURES
