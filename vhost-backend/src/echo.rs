@@ -106,10 +106,9 @@ impl Device for Echo {
 
 impl QueueHandler for EchoQueue {
     fn process(&mut self, q: &mut Queue) -> Result<(), QueueError> {
-        let mut buf = [0u8; 4096];
         let (mut n, mut total) = (0u64, 0u64);
         while let Some(chain) = q.pop()? {
-            let len = echo_chain(q, &chain, &mut buf)?;
+            let len = echo_chain(q, &chain)?;
             q.complete(chain, len)?;
             n += 1;
             total += u64::from(len);
@@ -120,18 +119,19 @@ impl QueueHandler for EchoQueue {
     }
 }
 
-/// Copies `chain`'s readable bytes into its writable bytes (as many as fit, through
-/// `buf`); returns the used length.
-pub fn echo_chain(q: &Queue, chain: &crate::Chain, buf: &mut [u8]) -> Result<u32, QueueError> {
+/// Copies `chain`'s readable bytes into its writable bytes (as many as fit), guest memory
+/// to guest memory, slice by slice; returns the used length.
+pub fn echo_chain(q: &Queue, chain: &crate::Chain) -> Result<u32, QueueError> {
     let mut reader = q.reader(chain);
     let mut writer = q.writer(chain);
-    loop {
-        let got = reader.read(buf)?;
-        let Some(data) = buf.get(..got).filter(|d| !d.is_empty()) else {
-            break;
-        };
-        if writer.write(data)? < got {
-            break;
+    while let Some(src) = reader.next_slice(usize::MAX)? {
+        let mut done = 0;
+        while done < src.len() {
+            let Some(dst) = writer.next_slice(src.len() - done)? else {
+                return Ok(writer.bytes_written());
+            };
+            dst.copy_from(0, &src, done, dst.len())?;
+            done += dst.len();
         }
     }
     Ok(writer.bytes_written())

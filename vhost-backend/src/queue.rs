@@ -29,14 +29,17 @@ pub type ChainWriter<'q> = vring::Writer<'q, Memory, Descriptors<'q, Memory>>;
 /// incarnation (the ring was stopped and started again) is told apart.
 static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 
-/// What the chains of one ring incarnation share with it.
+/// What the chains of one ring incarnation share with it, for one guest memory: a
+/// chain's identity and its memory guard in one reference count (one atomic increment
+/// per chain).
 #[derive(Debug)]
 struct Anchor {
     index: u16,
     epoch: u64,
+    mem: Memory,
     /// Chains dropped without being completed (a device bug: their buffers never return
-    /// to the driver).
-    dropped: AtomicU32,
+    /// to the driver), shared by the anchors of every memory of the ring.
+    dropped: Arc<AtomicU32>,
 }
 
 /// An available chain popped from a [`Queue`]: a token that is completed exactly once, on
@@ -50,7 +53,6 @@ struct Anchor {
 #[must_use = "a chain must be completed with Queue::complete"]
 pub struct Chain {
     inner: AvailChain,
-    mem: Memory,
     anchor: Arc<Anchor>,
     done: bool,
 }
@@ -68,7 +70,7 @@ impl Chain {
 
     /// The guest memory the chain's buffers are in (kept mapped while the chain lives).
     pub fn memory(&self) -> &Memory {
-        &self.mem
+        &self.anchor.mem
     }
 
     fn consume(mut self) -> AvailChain {
@@ -139,15 +141,17 @@ impl Queue {
         position: RingPosition,
         enabled: Arc<AtomicBool>,
     ) -> Result<Self, RingError> {
+        let anchor = Arc::new(Anchor {
+            index,
+            epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+            mem: Arc::clone(&mem),
+            dropped: Arc::new(AtomicU32::new(0)),
+        });
         let ring = DeviceQueue::new(mem, config, position, packed)?;
         let words = usize::from(ring.size()).div_ceil(64);
         Ok(Queue {
             ring,
-            anchor: Arc::new(Anchor {
-                index,
-                epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
-                dropped: AtomicU32::new(0),
-            }),
+            anchor,
             enabled,
             notify: false,
             pops: 0,
@@ -229,7 +233,6 @@ impl Queue {
         self.in_flight += 1;
         Ok(Some(Chain {
             inner: chain,
-            mem: Arc::clone(self.ring.memory()),
             anchor: Arc::clone(&self.anchor),
             done: false,
         }))
@@ -344,7 +347,15 @@ impl Queue {
     /// Switches to new guest memory (the memory table changed); the ring areas are
     /// translated again. On error the queue keeps its old memory.
     pub(crate) fn set_memory(&mut self, mem: Memory) -> Result<(), RingError> {
-        self.ring.set_memory(mem)
+        self.ring.set_memory(Arc::clone(&mem))?;
+        // Chains popped from now on hold the new memory; those still out keep theirs.
+        self.anchor = Arc::new(Anchor {
+            index: self.anchor.index,
+            epoch: self.anchor.epoch,
+            mem,
+            dropped: Arc::clone(&self.anchor.dropped),
+        });
+        Ok(())
     }
 
     /// Attaches this queue's part of the inflight buffer and queues the chains it records
