@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 pub mod blk;
+pub mod conformance;
 mod discover;
 mod leftovers;
 pub mod net;

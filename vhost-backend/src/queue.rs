@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use vm_memory::GuestMemoryMmap;
 use vring::queue::{AvailChain, Descriptors, DeviceQueue};
-use vring::{Error as RingError, RingPosition};
+use vring::{Descriptor, Error as RingError, RingPosition};
 
 use crate::error::QueueError;
 
@@ -17,13 +17,35 @@ pub type Memory = Arc<GuestMemoryMmap>;
 
 /// Reads the device-readable part of a chain (either ring layout): `read`, `read_exact`,
 /// `skip`, `next_slice`, `bytes_read`, and typed headers through [`ReadObj`](crate::ReadObj).
-pub type ChainReader<'q> = vring::Reader<'q, Memory, Descriptors<'q, Memory>>;
+pub type ChainReader<'q> = vring::Reader<'q, Memory, ChainDescriptors<'q>>;
 
 /// Writes the device-writable part of a chain (either ring layout), counting the bytes
 /// written (`bytes_written`: the used length to give [`Queue::complete`]): `write`,
 /// `write_all`, `skip`, `next_slice`, and typed headers through
 /// [`WriteObj`](crate::WriteObj).
-pub type ChainWriter<'q> = vring::Writer<'q, Memory, Descriptors<'q, Memory>>;
+pub type ChainWriter<'q> = vring::Writer<'q, Memory, ChainDescriptors<'q>>;
+
+/// The elements of a chain: walked in the ring, or from the copy the queue took before a
+/// packed ring's used descriptors overwrote them.
+#[derive(Debug)]
+pub enum ChainDescriptors<'q> {
+    /// Read from the ring (or its indirect table) as they are walked.
+    Ring(Descriptors<'q, Memory>),
+    /// Copied out of the ring earlier (see [`Queue::complete`]).
+    Copied(std::slice::Iter<'q, Descriptor>),
+}
+
+impl Iterator for ChainDescriptors<'_> {
+    type Item = Result<Descriptor, RingError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            ChainDescriptors::Ring(d) => d.next(),
+            ChainDescriptors::Copied(d) => d.next().copied().map(Ok),
+        }
+    }
+}
 
 /// Ring incarnations: every started ring gets a fresh epoch, so a chain of an earlier
 /// incarnation (the ring was stopped and started again) is told apart.
@@ -129,6 +151,28 @@ pub struct Queue {
     stopping: bool,
     /// An inflight region is attached: popped chains are recorded there.
     tracked: bool,
+    /// Packed rings only: see [`Copies`].
+    copies: Option<Copies>,
+}
+
+/// A packed ring writes used descriptors over the ring slots from its used position on
+/// (virtqueue spec §3.5), which may hold the later descriptors of lists still in flight
+/// when chains complete out of order. Before a completion writes over such a list, its
+/// elements are copied here, and the chain is walked from the copy from then on. A device
+/// that completes in order never needs a copy.
+#[derive(Debug)]
+struct Copies {
+    /// Multi-slot lists handed out, in pop order, with the sequence number of their first
+    /// slot.
+    lists: VecDeque<(u64, AvailChain)>,
+    /// Ring slots popped (a sequence number: the next list starts there).
+    popped: u64,
+    /// Ring slots the used position has moved over.
+    used: u64,
+    /// Per chain id: its elements, once copied (the vectors are reused).
+    copied: Vec<Vec<Descriptor>>,
+    /// One bit per chain id whose elements are in `copied`.
+    valid: Vec<u64>,
 }
 
 impl Queue {
@@ -149,6 +193,27 @@ impl Queue {
         });
         let ring = DeviceQueue::new(mem, config, position, packed)?;
         let words = usize::from(ring.size()).div_ceil(64);
+        let copies = packed.then(|| {
+            let size = u64::from(ring.size());
+            let (avail, used) = (
+                u64::from(position.next_avail),
+                u64::from(position.next_used),
+            );
+            // Slots between the used and the avail position belong to lists popped by an
+            // earlier owner of the ring.
+            let behind = if position.avail_wrap == position.used_wrap {
+                avail.saturating_sub(used)
+            } else {
+                size.saturating_sub(used) + avail
+            };
+            Copies {
+                lists: VecDeque::new(),
+                popped: behind,
+                used: 0,
+                copied: vec![Vec::new(); usize::from(ring.size())],
+                valid: vec![0; words],
+            }
+        });
         Ok(Queue {
             ring,
             anchor,
@@ -160,6 +225,7 @@ impl Queue {
             recovered: VecDeque::new(),
             stopping: false,
             tracked: false,
+            copies,
         })
     }
 
@@ -216,9 +282,18 @@ impl Queue {
             return Ok(None);
         }
         let chain = match self.recovered.pop_front() {
+            // Recovered lists are read from the inflight region's copies.
             Some(c) => c,
             None => match self.ring.pop()? {
-                Some(c) => c,
+                Some(c) => {
+                    if let (Some(copies), AvailChain::Packed(p)) = (self.copies.as_mut(), &c) {
+                        if p.slots() > 1 {
+                            copies.lists.push_back((copies.popped, c));
+                        }
+                        copies.popped += u64::from(p.slots());
+                    }
+                    c
+                }
                 None => return Ok(None),
             },
         };
@@ -240,20 +315,33 @@ impl Queue {
 
     /// A reader over the readable part of `chain`.
     pub fn reader<'q>(&'q self, chain: &Chain) -> ChainReader<'q> {
-        self.ring.reader(&chain.inner)
+        vring::Reader::new(self.ring.memory(), self.descriptors(&chain.inner))
     }
 
     /// A writer over the writable part of `chain` (logged in the dirty log when one is
     /// set).
     pub fn writer<'q>(&'q self, chain: &Chain) -> ChainWriter<'q> {
-        self.ring.writer(&chain.inner)
+        vring::Writer::new(
+            self.ring.memory(),
+            self.descriptors(&chain.inner),
+            self.ring.dirty_log(),
+        )
+    }
+
+    fn descriptors<'q>(&'q self, chain: &AvailChain) -> ChainDescriptors<'q> {
+        if let Some(copies) = &self.copies
+            && let Some(d) = copies.get(chain.id())
+        {
+            return ChainDescriptors::Copied(d.iter());
+        }
+        ChainDescriptors::Ring(self.ring.descriptors(chain))
     }
 
     /// Walks `chain` once and counts its readable and writable bytes (a malformed chain is
     /// an error: guest memory is hostile).
     pub fn lengths(&self, chain: &Chain) -> Result<ChainLengths, QueueError> {
         let mut l = ChainLengths::default();
-        for d in self.ring.descriptors(&chain.inner) {
+        for d in self.descriptors(&chain.inner) {
             let d = d?;
             let n = u64::from(d.len);
             if d.writable {
@@ -290,6 +378,9 @@ impl Queue {
             });
         }
         self.in_flight -= 1;
+        if self.copies.is_some() {
+            self.copy_overwritten(&inner)?;
+        }
         self.ring.add_used(&inner, len)?;
         Ok(())
     }
@@ -372,37 +463,105 @@ impl Queue {
         Ok(n)
     }
 
-    fn bit(&self, id: u16) -> Option<(usize, u64)> {
-        let id = usize::from(id);
-        let word = id / 64;
-        (word < self.outstanding.len()).then_some((word, 1u64 << (id % 64)))
+    /// Before `chain`'s used descriptor goes over the ring slots from the used position on,
+    /// copies the elements of the lists still in flight that live there.
+    fn copy_overwritten(&mut self, chain: &AvailChain) -> Result<(), QueueError> {
+        let Queue {
+            ring,
+            copies,
+            outstanding,
+            ..
+        } = self;
+        let (Some(copies), AvailChain::Packed(done)) = (copies.as_mut(), chain) else {
+            return Ok(());
+        };
+        let start = copies.used;
+        let end = start + u64::from(done.slots());
+        copies.used = end;
+        // Lists wholly behind the used position were completed or copied.
+        while copies
+            .lists
+            .front()
+            .is_some_and(|(seq, c)| seq + u64::from(list_slots(c)) <= start)
+        {
+            copies.lists.pop_front();
+        }
+        for k in 0..copies.lists.len() {
+            let Some(&(seq, list)) = copies.lists.get(k) else {
+                break;
+            };
+            if seq >= end {
+                break;
+            }
+            let id = list.id();
+            if id == done.id() || !test_bit(outstanding, id) || test_bit(&copies.valid, id) {
+                continue;
+            }
+            let Some(slot) = copies.copied.get_mut(usize::from(id)) else {
+                continue;
+            };
+            let mut elements = std::mem::take(slot);
+            elements.clear();
+            for d in ring.descriptors(&list) {
+                elements.push(d?);
+            }
+            if let Some(slot) = copies.copied.get_mut(usize::from(id)) {
+                *slot = elements;
+            }
+            set_bit(&mut copies.valid, id, true);
+        }
+        set_bit(&mut copies.valid, done.id(), false);
+        Ok(())
     }
 
     /// Marks `id` outstanding; `false` if it already was (or is out of range).
     fn mark(&mut self, id: u16) -> bool {
-        let Some((word, bit)) = self.bit(id) else {
-            return false;
-        };
-        match self.outstanding.get_mut(word) {
-            Some(w) if *w & bit == 0 => {
-                *w |= bit;
-                true
-            }
-            _ => false,
+        let fresh =
+            usize::from(id) / 64 < self.outstanding.len() && !test_bit(&self.outstanding, id);
+        if fresh {
+            set_bit(&mut self.outstanding, id, true);
         }
+        fresh
     }
 
     /// Clears `id`; `false` if it was not outstanding.
     fn unmark(&mut self, id: u16) -> bool {
-        let Some((word, bit)) = self.bit(id) else {
-            return false;
-        };
-        match self.outstanding.get_mut(word) {
-            Some(w) if *w & bit != 0 => {
-                *w &= !bit;
-                true
-            }
-            _ => false,
+        let was = test_bit(&self.outstanding, id);
+        set_bit(&mut self.outstanding, id, false);
+        was
+    }
+}
+
+impl Copies {
+    /// The copied elements of chain `id`, if they were copied.
+    fn get(&self, id: u16) -> Option<&[Descriptor]> {
+        if !test_bit(&self.valid, id) {
+            return None;
+        }
+        self.copied.get(usize::from(id)).map(Vec::as_slice)
+    }
+}
+
+/// The slots a packed list takes (1 for anything else).
+fn list_slots(c: &AvailChain) -> u16 {
+    match c {
+        AvailChain::Packed(p) => p.slots(),
+        AvailChain::Split(_) => 1,
+    }
+}
+
+fn test_bit(words: &[u64], id: u16) -> bool {
+    words
+        .get(usize::from(id) / 64)
+        .is_some_and(|w| w & (1u64 << (id % 64)) != 0)
+}
+
+fn set_bit(words: &mut [u64], id: u16, on: bool) {
+    if let Some(w) = words.get_mut(usize::from(id) / 64) {
+        if on {
+            *w |= 1u64 << (id % 64);
+        } else {
+            *w &= !(1u64 << (id % 64));
         }
     }
 }

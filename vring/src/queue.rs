@@ -218,6 +218,13 @@ impl<M: GuestMemory> DeviceQueue<M> {
         Writer::new(self.memory(), self.descriptors(chain), self.log.as_ref())
     }
 
+    /// The dirty log writers log into, if one is set (for writers built over other
+    /// descriptor iterators).
+    #[inline]
+    pub fn dirty_log(&self) -> Option<&DirtyLog> {
+        self.log.as_ref()
+    }
+
     /// Writes the used element(s) for `chain` without publishing.
     #[inline]
     pub fn add_used(&mut self, chain: &AvailChain, len: u32) -> Result<(), Error> {

@@ -284,11 +284,11 @@ impl<D: Device> Rings<D> for Workers {
             return;
         };
         let fd = dup(state, index, which);
-        w.send(match which {
-            Notifier::Kick => Command::Kick(fd),
-            Notifier::Call => Command::Call(fd),
-            Notifier::Err => Command::Err(fd),
-        });
+        match which {
+            Notifier::Kick => w.send(Command::Kick(fd)),
+            Notifier::Call => w.set_call(fd),
+            Notifier::Err => w.set_err(fd),
+        }
     }
 
     fn ring_enabled(&mut self, _: &SessionState<D>, index: u16, enabled: bool) {

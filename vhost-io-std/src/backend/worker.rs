@@ -28,19 +28,18 @@ const POLL_INTERVAL: Timespec = Timespec {
 pub(crate) enum Command {
     /// Stop once the handler has completed what it holds.
     Stop,
-    /// The kick fd changed.
+    /// The kick fd changed (a kick on the new fd before the worker switches is not lost:
+    /// the worker looks at the ring when it switches).
     Kick(Option<EventFd>),
-    /// The call fd changed.
-    Call(Option<EventFd>),
-    /// The err fd changed.
-    Err(Option<EventFd>),
     /// The ring was enabled (look at it: chains may wait) or disabled.
     Enabled(bool),
     /// An in-band kick (VRING_KICK).
     Kicked,
 }
 
-/// The ring's notifiers, owned by its worker (duplicates of the session's).
+/// The ring's notifiers (duplicates of the session's). The kick fd is the worker's own;
+/// the call and err fds are swapped by the session thread in place, so that the ack of a
+/// SET_VRING_CALL/ERR means the worker signals the new fd from then on.
 #[derive(Debug, Default)]
 pub(crate) struct Notifiers {
     /// `None`: poll the ring.
@@ -49,9 +48,17 @@ pub(crate) struct Notifiers {
     pub err: Option<EventFd>,
 }
 
+/// The call and err fds shared by a worker and its session thread.
+#[derive(Debug, Default)]
+struct Outputs {
+    call: Mutex<Option<EventFd>>,
+    err: Mutex<Option<EventFd>>,
+}
+
 #[derive(Debug)]
 struct Shared {
     commands: Mutex<Vec<Command>>,
+    outputs: Outputs,
     /// The session's `done` eventfd, also signalled when a guest-memory fault was
     /// contained (the session thread ends the session).
     done: Arc<EventFd>,
@@ -74,8 +81,13 @@ impl Worker {
         notifiers: Notifiers,
         done: Arc<EventFd>,
     ) -> io::Result<Worker> {
+        let Notifiers { kick, call, err } = notifiers;
         let shared = Arc::new(Shared {
             commands: Mutex::new(Vec::new()),
+            outputs: Outputs {
+                call: Mutex::new(call),
+                err: Mutex::new(err),
+            },
             done: Arc::clone(&done),
             control: EventFd::new(true)?,
             finished: AtomicBool::new(false),
@@ -83,7 +95,7 @@ impl Worker {
         let name = format!("vhost-q{}", ring.index());
         let theirs = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name(name).spawn(move || {
-            let ring = run(ring, notifiers, &theirs);
+            let ring = run(ring, kick, &theirs);
             theirs.finished.store(true, Ordering::Release);
             if let Err(e) = done.signal() {
                 log::error!("vhost-io-std: a queue worker cannot report its end: {e}");
@@ -106,6 +118,16 @@ impl Worker {
         if let Err(e) = self.shared.control.signal() {
             log::error!("vhost-io-std: cannot signal a queue worker: {e}");
         }
+    }
+
+    /// Replaces the call fd: the worker signals the new one from now on.
+    pub(crate) fn set_call(&self, fd: Option<EventFd>) {
+        *lock(&self.shared.outputs.call) = fd;
+    }
+
+    /// Replaces the err fd: the worker signals the new one from now on.
+    pub(crate) fn set_err(&self, fd: Option<EventFd>) {
+        *lock(&self.shared.outputs.err) = fd;
     }
 
     /// Whether the worker ended (after a stop, or because it panicked).
@@ -138,12 +160,17 @@ impl Drop for Worker {
     }
 }
 
-fn run(mut ring: ServedQueue, mut n: Notifiers, shared: &Shared) -> ServedQueue {
+fn run(mut ring: ServedQueue, kick: Option<EventFd>, shared: &Shared) -> ServedQueue {
+    let mut n = Ring {
+        kick,
+        outputs: &shared.outputs,
+    };
     let index = ring.index();
+    // Taken before the ring is first touched: a fault in the first pass counts.
+    let mut faults = sigbus::total_faults();
     // Look at the ring once when it starts (spec §7.2: tolerate a start without a kick).
     serve(&mut ring, &n);
     let sources: Vec<_> = ring.sources().to_vec();
-    let mut faults = sigbus::total_faults();
     loop {
         if ring.is_quiesced() {
             break;
@@ -221,8 +248,7 @@ fn run(mut ring: ServedQueue, mut n: Notifiers, shared: &Shared) -> ServedQueue 
             for c in commands {
                 match c {
                     Command::Stop => {
-                        let call = n.call.as_ref();
-                        if let Err(e) = ring.begin_stop(|| signal(index, call)) {
+                        if let Err(e) = ring.begin_stop(|| n.signal_call(index)) {
                             log::error!("vhost-io-std: queue {index} stopped processing: {e}");
                             signal_err(index, &n);
                         }
@@ -231,8 +257,6 @@ fn run(mut ring: ServedQueue, mut n: Notifiers, shared: &Shared) -> ServedQueue 
                         n.kick = k;
                         look = true;
                     }
-                    Command::Call(c) => n.call = c,
-                    Command::Err(e) => n.err = e,
                     Command::Enabled(on) => look |= on,
                     Command::Kicked => look = true,
                 }
@@ -258,8 +282,7 @@ fn run(mut ring: ServedQueue, mut n: Notifiers, shared: &Shared) -> ServedQueue 
             serve(&mut ring, &n);
         }
         for id in ready_sources {
-            let call = n.call.as_ref();
-            if let Err(e) = ring.ready(id, || signal(index, call)) {
+            if let Err(e) = ring.ready(id, || n.signal_call(index)) {
                 log::error!("vhost-io-std: queue {index} stopped processing: {e}");
                 signal_err(index, &n);
             }
@@ -269,10 +292,9 @@ fn run(mut ring: ServedQueue, mut n: Notifiers, shared: &Shared) -> ServedQueue 
 }
 
 /// Lets the handler drain the ring (no round limit: the worker has its thread to itself).
-fn serve(ring: &mut ServedQueue, n: &Notifiers) {
+fn serve(ring: &mut ServedQueue, n: &Ring<'_>) {
     let index = ring.index();
-    let call = n.call.as_ref();
-    match ring.drain(usize::MAX, || signal(index, call)) {
+    match ring.drain(usize::MAX, || n.signal_call(index)) {
         Ok(Drained::Idle | Drained::Busy) => {}
         Err(e) => {
             log::error!("vhost-io-std: queue {index} stopped processing: {e}");
@@ -313,20 +335,33 @@ fn consume(e: &EventFd) {
     }
 }
 
-fn signal(index: u16, call: Option<&EventFd>) {
-    if let Some(c) = call
-        && let Err(e) = c.signal()
-    {
-        log::warn!("vhost-io-std: queue {index}: cannot signal the call fd: {e}");
+/// What the worker loop holds of its ring's notifiers.
+struct Ring<'a> {
+    /// `None`: poll the ring.
+    kick: Option<EventFd>,
+    outputs: &'a Outputs,
+}
+
+impl Ring<'_> {
+    fn signal_call(&self, index: u16) {
+        if let Some(c) = lock(&self.outputs.call).as_ref()
+            && let Err(e) = c.signal()
+        {
+            log::warn!("vhost-io-std: queue {index}: cannot signal the call fd: {e}");
+        }
     }
 }
 
-fn signal_err(index: u16, n: &Notifiers) {
-    if let Some(err) = &n.err
+fn signal_err(index: u16, n: &Ring<'_>) {
+    if let Some(err) = lock(&n.outputs.err).as_ref()
         && let Err(e) = err.signal()
     {
         log::warn!("vhost-io-std: queue {index}: cannot signal the err fd: {e}");
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn poll_retry(fds: &mut [PollFd<'_>], timeout: Option<&Timespec>) -> io::Result<()> {

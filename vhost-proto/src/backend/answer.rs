@@ -83,8 +83,15 @@ impl<H> Connection<H> {
                 AfterAck::CheckState => self.transfer = None,
                 AfterAck::BackendChannel => self.backend_channel = true,
                 AfterAck::RingRebuilt { .. } => {}
+                AfterAck::NotifierChanged { .. } => {}
             }
-        } else if let AfterAck::RingRebuilt { index } = then
+        }
+        if let AfterAck::NotifierChanged { index } = then
+            && let Some(r) = self.rings.get_mut(usize::from(*index))
+        {
+            r.settle_notifier(result.is_ok());
+        } else if result.is_err()
+            && let AfterAck::RingRebuilt { index } = then
             && let Some(r) = self.rings.get_mut(usize::from(*index))
         {
             // The runner could not rebuild the ring on the new addresses and the old ones

@@ -49,6 +49,10 @@ pub(crate) enum AfterAck {
     RingRebuilt {
         index: u16,
     },
+    /// SET_VRING_KICK/CALL/ERR: a refusal puts the old notifier back.
+    NotifierChanged {
+        index: u16,
+    },
 }
 
 /// The answer the connection waits for.
@@ -629,10 +633,15 @@ impl<H> Connection<H> {
 
     /// Replaces a ring's notifier (dropping the old handle closes it).
     pub(crate) fn set_notifier(slot: &mut Notifier<H>, fd: Option<H>) {
-        *slot = match fd {
+        *slot = Self::notifier(fd);
+    }
+
+    /// The notifier a SET_VRING_KICK/CALL/ERR payload sets.
+    pub(crate) fn notifier(fd: Option<H>) -> Notifier<H> {
+        match fd {
             Some(h) => Notifier::Fd(h),
             None => Notifier::NoFd,
-        };
+        }
     }
 }
 

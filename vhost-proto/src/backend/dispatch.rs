@@ -13,7 +13,7 @@ use super::event::{
     PostcopyAdviseToken, RingStartToken, RingStopToken, SharedObjectToken,
 };
 use super::memory::MemoryTable;
-use super::ring::{RingAddresses, ring_areas};
+use super::ring::{NotifierSlot, RingAddresses, ring_areas};
 
 type R = Result<(), FatalError>;
 
@@ -414,24 +414,34 @@ impl<H> Connection<H> {
                     // Refused kicks change nothing: check before the notifier is stored.
                     self.check_start(i)?;
                 }
-                if let Some(r) = self.rings.get_mut(usize::from(i)) {
-                    Self::set_notifier(&mut r.kick, fd);
-                }
                 if started {
-                    let answer = self.ack_token(code, need, false, AfterAck::Nothing);
+                    if let Some(r) = self.rings.get_mut(usize::from(i)) {
+                        r.replace_notifier(NotifierSlot::Kick, Self::notifier(fd));
+                    }
+                    let answer =
+                        self.ack_token(code, need, false, AfterAck::NotifierChanged { index: i });
                     self.events
                         .push_back(Event::KickChanged { index: i, answer });
                 } else {
+                    if let Some(r) = self.rings.get_mut(usize::from(i)) {
+                        Self::set_notifier(&mut r.kick, fd);
+                    }
                     self.start_ring(code, need, i)?;
                 }
             }
             Q::SetVringCall { index, fd } | Q::SetVringErr { index, fd } => {
                 let i = self.ring_index(index.into())?;
                 let call = code == FrontendReq::SetVringCall;
+                let slot = if call {
+                    NotifierSlot::Call
+                } else {
+                    NotifierSlot::Err
+                };
                 if let Some(r) = self.rings.get_mut(usize::from(i)) {
-                    Self::set_notifier(if call { &mut r.call } else { &mut r.err }, fd);
+                    r.replace_notifier(slot, Self::notifier(fd));
                 }
-                let answer = self.ack_token(code, need, false, AfterAck::Nothing);
+                let answer =
+                    self.ack_token(code, need, false, AfterAck::NotifierChanged { index: i });
                 self.events.push_back(if call {
                     Event::CallChanged { index: i, answer }
                 } else {

@@ -200,9 +200,9 @@ pub enum Event<H> {
         /// The answer.
         answer: AckToken,
     },
-    /// A started ring's kick notifier was replaced. A refusal NACKs; the new notifier stays
-    /// stored and the ring stays started (a runner that cannot run it any longer parks it on
-    /// its side; GET_VRING_BASE still asks it for the position).
+    /// A started ring's kick notifier was replaced ([`Connection::ring`](super::Connection::ring)
+    /// shows the new one). A refusal NACKs and puts the old notifier back (a refused request
+    /// changes nothing); the ring stays started.
     KickChanged {
         /// Vring index.
         index: u16,

@@ -92,6 +92,17 @@ pub struct RingState<H> {
     pub(crate) kick: Notifier<H>,
     pub(crate) call: Notifier<H>,
     pub(crate) err: Notifier<H>,
+    /// The notifier a change awaiting the runner's answer replaced: put back if the
+    /// runner refuses the new one (a refused request changes nothing).
+    pub(crate) replaced: Option<(NotifierSlot, Notifier<H>)>,
+}
+
+/// Which of a ring's notifiers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NotifierSlot {
+    Kick,
+    Call,
+    Err,
 }
 
 impl<H> RingState<H> {
@@ -107,6 +118,7 @@ impl<H> RingState<H> {
             kick: Notifier::Unset,
             call: Notifier::Unset,
             err: Notifier::Unset,
+            replaced: None,
         }
     }
 
@@ -198,6 +210,29 @@ impl<H> RingState<H> {
 
     /// Back to the initial state (RESET_DEVICE): stopped, disabled, nothing set. Dropping
     /// the notifiers closes their fds.
+    pub(crate) fn slot(&mut self, slot: NotifierSlot) -> &mut Notifier<H> {
+        match slot {
+            NotifierSlot::Kick => &mut self.kick,
+            NotifierSlot::Call => &mut self.call,
+            NotifierSlot::Err => &mut self.err,
+        }
+    }
+
+    /// Stores `new` in `slot`, keeping the old notifier until the runner answers.
+    pub(crate) fn replace_notifier(&mut self, slot: NotifierSlot, new: Notifier<H>) {
+        let old = std::mem::replace(self.slot(slot), new);
+        self.replaced = Some((slot, old));
+    }
+
+    /// The runner answered the change: drop the old notifier (accepted) or put it back.
+    pub(crate) fn settle_notifier(&mut self, accepted: bool) {
+        if let Some((slot, old)) = self.replaced.take()
+            && !accepted
+        {
+            *self.slot(slot) = old;
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
         *self = RingState::new(self.index);
     }

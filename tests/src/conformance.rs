@@ -1,0 +1,595 @@
+//! The device runtime's conformance suite: scenarios written once against a [`Runner`]
+//! and run against both runners (`tests/tests/runtime_conformance.rs` instantiates
+//! [`conformance_tests!`](crate::conformance_tests) for [`Std`] and [`Mio`]).
+//!
+//! They cover what the runtime promises beyond moving data: asynchronous completion in any
+//! order ([`Delayed`]), answers that wait for the handler (GET_VRING_BASE while requests
+//! are in flight), acks that follow actions (a ring start the device refuses, or whose ring
+//! lies outside guest memory, is NACKed), and hostile front-ends (notifiers that are not
+//! eventfds, a call fd that is full, a kick fd at EOF, guest memory shrunk under the
+//! mapping, oversized inflight requests, a stalled connection).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use vhost_backend::echo::echo_chain;
+use vhost_backend::os::eventfd::EventFd;
+use vhost_backend::vhost_proto::backend::{DeviceDescription, Refused};
+use vhost_backend::vhost_proto::wire::{ProtocolFeatures, VirtioFeatures, VringAddr};
+use vhost_backend::{Chain, Device, Queue, QueueError, QueueHandler, Source};
+use vhost_io_std::ClientError;
+use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
+use vring::memory::GuestSlice;
+
+/// How long a scenario waits for anything.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// Guest RAM of the scenarios.
+pub const RAM: u64 = 4 << 20;
+/// Where request buffers start.
+pub const BUFS: u64 = 1 << 20;
+
+/// One way of serving a device to one front-end.
+pub trait Runner: Sized {
+    /// A back-end serving `device`, and our front-end connected to it.
+    fn serve<D: Device>(device: D) -> (Frontend, Self);
+    /// A back-end serving `device` to the front-ends that connect to `path`.
+    fn listen<D: Device>(device: D, path: &std::path::Path) -> Self;
+    /// Once the front-end is gone: ends the back-end.
+    fn finish(self);
+}
+
+/// The std runner: `vhost_io_std::backend::Server` on a socketpair.
+#[derive(Debug)]
+pub struct Std(vhost_io_std::backend::ServerHandle);
+
+impl Runner for Std {
+    fn serve<D: Device>(device: D) -> (Frontend, Self) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let server = vhost_io_std::backend::Server::from_stream(b, device)
+            .unwrap()
+            .spawn()
+            .unwrap();
+        (Frontend::from_stream(a).unwrap(), Std(server))
+    }
+
+    fn listen<D: Device>(device: D, path: &std::path::Path) -> Self {
+        Std(vhost_io_std::backend::Server::bind(path, device)
+            .unwrap()
+            .spawn()
+            .unwrap())
+    }
+
+    fn finish(self) {
+        let _ = self.0.stop();
+    }
+}
+
+/// The mio runner: a `vhost_io_mio::Server` thread with the socket handed over.
+#[derive(Debug)]
+pub struct Mio(vhost_io_mio::ServerHandle);
+
+impl Runner for Mio {
+    fn serve<D: Device>(device: D) -> (Frontend, Self) {
+        let server = vhost_io_mio::Server::new(device).unwrap().spawn().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        server.handle().add(b).unwrap();
+        (Frontend::from_stream(a).unwrap(), Mio(server))
+    }
+
+    fn listen<D: Device>(device: D, path: &std::path::Path) -> Self {
+        Mio(vhost_io_mio::Server::new(device)
+            .unwrap()
+            .bind(path)
+            .unwrap()
+            .spawn()
+            .unwrap())
+    }
+
+    fn finish(self) {
+        let _ = self.0.stop();
+    }
+}
+
+/// A device whose queues hold every chain they pop until the test signals `release`;
+/// then the held chains are echoed and completed in reverse order (asynchronous
+/// completion, out of order). Queue `refuse` (if any) refuses to start.
+#[derive(Debug)]
+pub struct Delayed {
+    held: Arc<AtomicUsize>,
+    release: EventFd,
+    refuse: Option<u16>,
+}
+
+/// The test's side of a [`Delayed`] device.
+#[derive(Debug)]
+pub struct DelayedControl {
+    /// Chains held right now (all queues).
+    pub held: Arc<AtomicUsize>,
+    /// Signal to release every held chain.
+    pub release: EventFd,
+}
+
+impl DelayedControl {
+    /// Waits until `n` chains are held.
+    pub fn wait_held(&self, n: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.held.load(Ordering::Acquire) != n {
+            assert!(
+                Instant::now() < deadline,
+                "the device never held {n} chains"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Delayed {
+    pub fn new(refuse: Option<u16>) -> (Self, DelayedControl) {
+        let release = EventFd::new(true).unwrap();
+        let held = Arc::new(AtomicUsize::new(0));
+        let control = DelayedControl {
+            held: Arc::clone(&held),
+            release: release.try_clone().unwrap(),
+        };
+        (
+            Delayed {
+                held,
+                release,
+                refuse,
+            },
+            control,
+        )
+    }
+}
+
+impl Device for Delayed {
+    fn description(&self) -> DeviceDescription {
+        DeviceDescription::new(
+            VirtioFeatures::VERSION_1 | VirtioFeatures::EVENT_IDX | VirtioFeatures::RING_PACKED,
+            ProtocolFeatures::MQ
+                | ProtocolFeatures::REPLY_ACK
+                | ProtocolFeatures::CONFIGURE_MEM_SLOTS
+                | ProtocolFeatures::INFLIGHT_SHMFD,
+            2,
+        )
+    }
+
+    fn start_queue(self: Arc<Self>, queue: &Queue) -> Result<Box<dyn QueueHandler>, Refused> {
+        if self.refuse == Some(queue.index()) {
+            return Err(Refused::because("this queue does not start (test device)"));
+        }
+        Ok(Box::new(DelayedQueue {
+            chains: Vec::new(),
+            release: self
+                .release
+                .try_clone()
+                .map_err(|_| Refused::because("dup"))?,
+            held: Arc::clone(&self.held),
+        }))
+    }
+}
+
+struct DelayedQueue {
+    chains: Vec<Chain>,
+    release: EventFd,
+    held: Arc<AtomicUsize>,
+}
+
+impl QueueHandler for DelayedQueue {
+    fn process(&mut self, q: &mut Queue) -> Result<(), QueueError> {
+        while let Some(c) = q.pop()? {
+            self.chains.push(c);
+            self.held.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn sources(&self) -> Vec<Source> {
+        vec![Source {
+            fd: self.release.read_fd().as_raw_fd(),
+            id: 7,
+        }]
+    }
+
+    fn ready(&mut self, q: &mut Queue, id: u32) -> Result<(), QueueError> {
+        assert_eq!(id, 7);
+        if !self
+            .release
+            .try_consume()
+            .map_err(|source| QueueError::Io {
+                queue: q.index(),
+                what: "release eventfd",
+                source,
+            })?
+        {
+            return Ok(());
+        }
+        let n = self.chains.len();
+        while let Some(c) = self.chains.pop() {
+            let len = echo_chain(q, &c)?;
+            q.complete(c, len)?;
+        }
+        self.held.fetch_sub(n, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// Features, protocol features (REPLY_ACK, MQ, ...), owner, memory table; returns the
+/// acked features.
+pub fn handshake(front: &mut Frontend, ram: &GuestRam, packed: bool) -> VirtioFeatures {
+    let offered = front.get_features().unwrap();
+    let protocol = front.get_protocol_features().unwrap();
+    front
+        .set_protocol_features(
+            protocol
+                & (ProtocolFeatures::MQ
+                    | ProtocolFeatures::REPLY_ACK
+                    | ProtocolFeatures::CONFIGURE_MEM_SLOTS
+                    | ProtocolFeatures::INFLIGHT_SHMFD),
+        )
+        .unwrap();
+    front.set_owner().unwrap();
+    let mut want =
+        VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES | VirtioFeatures::EVENT_IDX;
+    if packed {
+        want |= VirtioFeatures::RING_PACKED;
+    }
+    let features = want & offered;
+    front.set_features(features).unwrap();
+    front.set_mem_table(&ram.mem_table()).unwrap();
+    features
+}
+
+/// A ring for vring `index` at guest address `index * 0x1_0000`.
+pub fn ring(ram: &GuestRam, index: u16, features: VirtioFeatures) -> DriverRing {
+    DriverRing::at(ram, index, u64::from(index) * 0x1_0000, 64, features)
+        .unwrap()
+        .0
+}
+
+/// Adds request `k` (64 readable bytes, 64 writable) to `ring`; returns its id.
+pub fn add_request(ring: &mut DriverRing, ram: &GuestRam, k: u64) -> u16 {
+    let out = BUFS + u64::from(ring.index()) * 0x4_0000 + k * 128;
+    let pattern: Vec<u8> = (0..64u8).map(|i| i ^ k as u8).collect();
+    GuestSlice::new(ram.memory(), out, 64)
+        .unwrap()
+        .write_at(0, &pattern)
+        .unwrap();
+    ring.add(&[(out, 64)], &[(out + 64, 64)]).unwrap()
+}
+
+/// Checks the echo of request `k`.
+pub fn check_request(ring: &DriverRing, ram: &GuestRam, k: u64) {
+    let out = BUFS + u64::from(ring.index()) * 0x4_0000 + k * 128;
+    let mut back = [0u8; 64];
+    GuestSlice::new(ram.memory(), out + 64, 64)
+        .unwrap()
+        .read_at(0, &mut back)
+        .unwrap();
+    let pattern: Vec<u8> = (0..64u8).map(|i| i ^ k as u8).collect();
+    assert_eq!(&back[..], &pattern[..], "request {k} echoed wrong");
+}
+
+/// Whether `fd` becomes readable within `timeout`.
+pub fn readable_within(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let mut p = [rustix::event::PollFd::from_borrowed_fd(
+        fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let ts = rustix::event::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    matches!(rustix::event::poll(&mut p, Some(&ts)), Ok(n) if n > 0)
+}
+
+/// Open fds of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+// ---- the scenarios ----
+
+/// A handler keeps popped chains and completes them later, in reverse order: the driver
+/// gets every completion, with the right data, in that order.
+pub fn out_of_order_completion<R: Runner>(packed: bool) {
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let (device, control) = Delayed::new(None);
+    let (mut front, server) = R::serve(device);
+    let features = handshake(&mut front, &ram, packed);
+    let mut ring = ring(&ram, 0, features);
+    front.start_ring(&ring, &ram).unwrap();
+    let ids: Vec<u16> = (0..8).map(|k| add_request(&mut ring, &ram, k)).collect();
+    ring.kick().unwrap();
+    control.wait_held(8);
+    assert!(
+        ring.collect(1, Duration::from_millis(50)).is_err(),
+        "nothing completes before the release"
+    );
+    control.release.signal().unwrap();
+    let used = ring.collect(8, TIMEOUT).unwrap();
+    let order: Vec<u16> = used.iter().map(|&(id, _)| id).collect();
+    let mut reversed = ids.clone();
+    reversed.reverse();
+    assert_eq!(order, reversed, "completed in reverse order");
+    assert!(used.iter().all(|&(_, len)| len == 64));
+    for k in 0..8 {
+        check_request(&ring, &ram, k);
+    }
+    drop(front);
+    server.finish();
+}
+
+/// GET_VRING_BASE while requests are in flight answers only once they are completed, and
+/// its position covers them.
+pub fn get_vring_base_waits_for_in_flight<R: Runner>(packed: bool) {
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let (device, control) = Delayed::new(None);
+    let (mut front, server) = R::serve(device);
+    let features = handshake(&mut front, &ram, packed);
+    let mut ring = ring(&ram, 0, features);
+    front.start_ring(&ring, &ram).unwrap();
+    for k in 0..4 {
+        add_request(&mut ring, &ram, k);
+    }
+    ring.kick().unwrap();
+    control.wait_held(4);
+    let release = control.release.try_clone().unwrap();
+    let delay = Duration::from_millis(300);
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        release.signal().unwrap();
+    });
+    let asked = Instant::now();
+    let base = front.get_vring_base(0).unwrap();
+    let waited = asked.elapsed();
+    releaser.join().unwrap();
+    assert!(
+        waited >= delay - Duration::from_millis(50),
+        "GET_VRING_BASE answered after {waited:?}, before the requests completed"
+    );
+    if packed {
+        // Packed positions count descriptor slots: two per request.
+        assert_eq!(base.packed_avail_idx(), 8);
+        assert_eq!(base.packed_used_idx(), 8);
+    } else {
+        assert_eq!(base.split_next_avail(), 4);
+    }
+    assert_eq!(ring.collect(4, TIMEOUT).unwrap().len(), 4);
+    drop(front);
+    server.finish();
+}
+
+/// A ring start the device refuses is NACKed (the ring stays stopped, the session goes
+/// on), and so is a ring whose areas straddle the end of guest memory (refused when
+/// SET_VRING_ADDR arrives).
+pub fn failing_ring_start_is_nacked<R: Runner>() {
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let (device, control) = Delayed::new(Some(1));
+    let (mut front, server) = R::serve(device);
+    let features = handshake(&mut front, &ram, false);
+    let ring1 = ring(&ram, 1, features);
+    match front.start_ring(&ring1, &ram) {
+        Err(ClientError::Refused { .. }) => {}
+        other => panic!("a refused start must be NACKed, got {other:?}"),
+    }
+    // The ring was not started: GET_VRING_BASE answers at once with its base.
+    assert_eq!(front.get_vring_base(1).unwrap().split_next_avail(), 0);
+    // Areas past the end of the memory table.
+    front.set_vring_num(0, 64).unwrap();
+    let addr = VringAddr {
+        index: 0,
+        flags: Default::default(),
+        desc: RAM - 512,
+        used: RAM - 64,
+        avail: RAM - 256,
+        log: 0,
+    };
+    assert!(
+        matches!(front.set_vring_addr(addr), Err(ClientError::Refused { .. })),
+        "a ring outside guest memory must be NACKed"
+    );
+    // The session still serves a good ring.
+    let mut ring0 = ring(&ram, 0, features);
+    front.start_ring(&ring0, &ram).unwrap();
+    add_request(&mut ring0, &ram, 0);
+    ring0.kick().unwrap();
+    control.wait_held(1);
+    control.release.signal().unwrap();
+    assert_eq!(ring0.collect(1, TIMEOUT).unwrap().len(), 1);
+    drop(front);
+    server.finish();
+}
+
+/// Notifiers that are not eventfds are refused when they arrive; a call fd that is full
+/// never blocks the runner; a kick fd at EOF stops the ring and signals its err fd.
+pub fn hostile_notifiers<R: Runner>() {
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let (mut front, server) = R::serve(vhost_backend::echo::Echo::new(2));
+    let features = handshake(&mut front, &ram, false);
+    let plain = vhost_backend::os::memfd::create("not-a-notifier", 4096).unwrap();
+    let zero = std::fs::File::open("/dev/zero").unwrap();
+    assert!(matches!(
+        front.set_vring_call(0, Some(plain.as_fd())),
+        Err(ClientError::Refused { .. })
+    ));
+    assert!(matches!(
+        front.set_vring_err(0, Some(zero.as_fd())),
+        Err(ClientError::Refused { .. })
+    ));
+    // A call eventfd preloaded to its maximum: signalling it must not block.
+    let mut ring0 = ring(&ram, 0, features);
+    front.start_ring(&ring0, &ram).unwrap();
+    let full = rustix::io::write(ring0.call_fd(), &0xffff_ffff_ffff_fffeu64.to_ne_bytes());
+    assert!(full.is_ok());
+    for k in 0..4 {
+        add_request(&mut ring0, &ram, k);
+        ring0.kick().unwrap();
+        assert_eq!(ring0.collect(1, TIMEOUT).unwrap().len(), 1, "request {k}");
+        check_request(&ring0, &ram, k);
+    }
+    // A kick pipe whose writer closes: the ring stops and says so on its err fd.
+    let ring1 = ring(&ram, 1, features);
+    front.start_ring(&ring1, &ram).unwrap();
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    front.set_vring_kick(1, Some(r.as_fd())).unwrap();
+    drop((r, w));
+    assert!(
+        readable_within(ring1.err_fd(), TIMEOUT),
+        "a kick fd at EOF must signal the ring's err fd"
+    );
+    // The session is fine.
+    assert!(front.get_features().is_ok());
+    drop(front);
+    server.finish();
+}
+
+/// A region file shrunk under the mapping ends that session with an error; the process
+/// (and the next session) is fine.
+pub fn shrunk_guest_memory_ends_the_session<R: Runner>() {
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let (mut front, server) = R::serve(vhost_backend::echo::Echo::new(1));
+    let features = handshake(&mut front, &ram, false);
+    let mut ring0 = ring(&ram, 0, features);
+    front.start_ring(&ring0, &ram).unwrap();
+    // A second region in a file the front-end can shrink (GuestRam's memfds are sealed),
+    // holding the request; the rings stay in the first.
+    const GPA: u64 = 8 << 20;
+    const LEN: u64 = 1 << 20;
+    let file = vhost_backend::os::memfd::create("shrinkable", LEN).unwrap();
+    rustix::io::pwrite(&file, &[7u8; 64], 0).unwrap();
+    let region = vhost_backend::vhost_proto::wire::MemoryRegion {
+        guest_phys_addr: GPA,
+        memory_size: LEN,
+        user_addr: 0x7f00_0000_0000,
+        mmap_offset: 0,
+        xen: None,
+    };
+    front.add_mem_reg(region, file.as_fd()).unwrap();
+    rustix::fs::ftruncate(&file, 0).unwrap();
+    ring0.add(&[(GPA, 64)], &[(GPA + 64, 64)]).unwrap();
+    ring0.kick().unwrap();
+    // The back-end touched the truncated region: the fault is contained and the session
+    // ends (our next request sees the hang-up).
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if front.get_features().is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session survived a guest-memory fault"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(front);
+    server.finish();
+    // A fresh session in the same process works.
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let (mut front, server) = R::serve(vhost_backend::echo::Echo::new(1));
+    let features = handshake(&mut front, &ram, false);
+    let mut ring0 = ring(&ram, 0, features);
+    front.start_ring(&ring0, &ram).unwrap();
+    add_request(&mut ring0, &ram, 1);
+    ring0.kick().unwrap();
+    assert_eq!(ring0.collect(1, TIMEOUT).unwrap().len(), 1);
+    check_request(&ring0, &ram, 1);
+    drop(front);
+    server.finish();
+}
+
+/// An inflight buffer for more queues (or entries) than the device has is refused, not
+/// allocated.
+pub fn oversized_inflight_is_refused<R: Runner>() {
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let (mut front, server) = R::serve(vhost_backend::echo::Echo::new(2));
+    handshake(&mut front, &ram, false);
+    // Refused: the failure reply (no buffer) or a NACK.
+    assert!(!matches!(front.get_inflight_fd(65535, 65535), Ok(Some(_))));
+    assert!(!matches!(front.get_inflight_fd(2, 0), Ok(Some(_))));
+    assert!(matches!(front.get_inflight_fd(2, 64), Ok(Some(_))));
+    drop(front);
+    server.finish();
+}
+
+/// A front-end that stalls (11 bytes of a header, then nothing; or nothing at all) while
+/// connected cannot keep the next front-end waiting: its handshake completes within 2 s.
+pub fn stalled_connection_does_not_block_the_next<R: Runner>(label: &str) {
+    use std::io::Write;
+    let dir = crate::TempDir::new(label).unwrap();
+    let path = dir.join("stall.sock");
+    let server = R::listen(vhost_backend::echo::Echo::new(1), &path);
+    for stall in [&[0u8; 11][..], &[][..]] {
+        let mut bad = UnixStream::connect(&path).unwrap();
+        bad.write_all(stall).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        let mut good = Frontend::connect(&path).unwrap();
+        let ram = GuestRam::new(0, RAM).unwrap();
+        handshake(&mut good, &ram, false);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "a stalled front-end held the next one for {:?}",
+            start.elapsed()
+        );
+        drop((good, bad));
+    }
+    server.finish();
+}
+
+/// The [`Runner`] scenarios as `#[test]`s, under the same names for every runner.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($runner:ty) => {
+        use $crate::conformance as c;
+
+        #[test]
+        fn out_of_order_completion_split() {
+            c::out_of_order_completion::<$runner>(false);
+        }
+
+        #[test]
+        fn out_of_order_completion_packed() {
+            c::out_of_order_completion::<$runner>(true);
+        }
+
+        #[test]
+        fn get_vring_base_waits_for_in_flight_split() {
+            c::get_vring_base_waits_for_in_flight::<$runner>(false);
+        }
+
+        #[test]
+        fn get_vring_base_waits_for_in_flight_packed() {
+            c::get_vring_base_waits_for_in_flight::<$runner>(true);
+        }
+
+        #[test]
+        fn failing_ring_start_is_nacked() {
+            c::failing_ring_start_is_nacked::<$runner>();
+        }
+
+        #[test]
+        fn hostile_notifiers() {
+            c::hostile_notifiers::<$runner>();
+        }
+
+        #[test]
+        fn shrunk_guest_memory_ends_the_session() {
+            c::shrunk_guest_memory_ends_the_session::<$runner>();
+        }
+
+        #[test]
+        fn oversized_inflight_is_refused() {
+            c::oversized_inflight_is_refused::<$runner>();
+        }
+
+        #[test]
+        fn stalled_connection_does_not_block_the_next() {
+            c::stalled_connection_does_not_block_the_next::<$runner>(module_path!());
+        }
+    };
+}
