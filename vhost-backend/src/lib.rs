@@ -18,6 +18,7 @@
 //! - [`os`]: the operating-system helpers both runners need (`sendmsg`/`recvmsg`
 //!   with fds, eventfds, memfds, memory mappings);
 //! - [`echo`]: a loopback device for tests, demos and benches.
+#![doc = include_str!("../docs/runtime.md")]
 #![deny(missing_docs)]
 
 mod channel;
