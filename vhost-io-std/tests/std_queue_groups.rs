@@ -10,6 +10,7 @@
 
 mod common;
 #[path = "common/scenarios.rs"]
+#[allow(dead_code)]
 mod scenarios;
 
 use std::os::unix::net::UnixStream;
@@ -40,10 +41,7 @@ fn serve_grouped<D: Device>(
     if let Some(b) = busy {
         server = server.with_busy_poll(b);
     }
-    (
-        Frontend::from_stream(a).unwrap(),
-        server.spawn().unwrap(),
-    )
+    (Frontend::from_stream(a).unwrap(), server.spawn().unwrap())
 }
 
 fn start_rings(
@@ -210,9 +208,7 @@ mod blocking_group {
 
     #[test]
     fn memory_regions_added_and_removed_while_running() {
-        scenarios::memory_regions_added_and_removed_while_running::<BlockingGroup>(
-            |_, _, _| {},
-        );
+        scenarios::memory_regions_added_and_removed_while_running::<BlockingGroup>(|_, _, _| {});
     }
 }
 
@@ -278,7 +274,11 @@ fn one_ring_stops_while_the_others_run(busy: Option<BusyPoll>, packed: bool, eve
         }
     });
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(one[0].pop_used().unwrap(), None, "a stopped ring was served");
+    assert_eq!(
+        one[0].pop_used().unwrap(),
+        None,
+        "a stopped ring was served"
+    );
     // Restarted where it stopped, it serves the waiting buffer, then more.
     front.restart_ring(&one[0], base).unwrap();
     assert_eq!(one[0].collect(1, TIMEOUT).unwrap(), vec![(id, 4)]);
@@ -294,7 +294,12 @@ fn one_ring_stops_while_the_others_run(busy: Option<BusyPoll>, packed: bool, eve
             1 => 40 + 1 + 20,
             _ => 40 + 60 + 20,
         };
-        assert_position(front.get_vring_base(ring.index()).unwrap(), ring, served, packed);
+        assert_position(
+            front.get_vring_base(ring.index()).unwrap(),
+            ring,
+            served,
+            packed,
+        );
     }
     drop(front);
     server.join().unwrap();
@@ -557,7 +562,7 @@ fn a_busy_group_serves_sources_and_a_stop_waits_for_held_chains() {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(rings[0].pop_used().unwrap(), None);
-        let (r0, r1) = rings.split_at_mut(1);
+        let (_, r1) = rings.split_at_mut(1);
         std::thread::scope(|s| {
             let stopper = s.spawn(|| {
                 let asked = Instant::now();
@@ -580,7 +585,10 @@ fn a_busy_group_serves_sources_and_a_stop_waits_for_held_chains() {
                 assert_eq!(ring.collect(1, TIMEOUT).unwrap(), vec![(id, 8)]);
             }
             std::thread::sleep(Duration::from_millis(50));
-            assert!(!stopper.is_finished(), "GET_VRING_BASE returned with chains held");
+            assert!(
+                !stopper.is_finished(),
+                "GET_VRING_BASE returned with chains held"
+            );
             mine[0].signal().unwrap();
             let (waited, base) = stopper.join().unwrap();
             assert!(waited >= Duration::from_millis(50));

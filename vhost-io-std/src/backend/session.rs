@@ -1,5 +1,7 @@
 //! Serving one front-end connection: a `poll` loop around the protocol core; its events are
-//! handled by the shared [`SessionState`], with the queues running on worker threads.
+//! handled by the shared [`SessionState`], with the queues running on worker threads (a
+//! thread per queue group, started with the group's first running queue and ended with
+//! its last).
 //!
 //! The loop waits on the socket, the server's stop signal, the workers' `done` eventfd
 //! (a ring that was asked to stop has quiesced) and, while the connection looks stalled,

@@ -310,7 +310,7 @@ impl<'s> Group<'s> {
             let check_fds = match busy {
                 Some(b) if spin => {
                     self.rounds = self.rounds.wrapping_add(1);
-                    self.rounds % b.fd_check_rounds() == 0
+                    self.rounds.is_multiple_of(b.fd_check_rounds())
                 }
                 _ => true,
             };
