@@ -334,7 +334,11 @@ impl<'s> Group<'s> {
             if found.control {
                 consume(&self.shared.control);
             }
-            if found.control || self.shared.pending.swap(false, Ordering::AcqRel) {
+            // (Read before swapping: a spinning worker does not write the flag's cache
+            // line every round.)
+            let pending = self.shared.pending.load(Ordering::Acquire)
+                && self.shared.pending.swap(false, Ordering::AcqRel);
+            if found.control || pending {
                 self.apply_commands();
             }
             let mut progress = !self.ready.is_empty();
@@ -374,8 +378,10 @@ impl<'s> Group<'s> {
             return;
         }
         let Some(spin) = b.idle_spin() else {
+            std::hint::spin_loop();
             return;
         };
+        std::hint::spin_loop();
         let now = Instant::now();
         let since = *self.idle_since.get_or_insert(now);
         if now.saturating_duration_since(since) < spin {
@@ -475,6 +481,11 @@ impl<'s> Group<'s> {
                 Command::Call(i, c) => {
                     if let Some(r) = self.ring_mut(i) {
                         r.n.call = c;
+                        // Completions published since the ring started may have found no
+                        // call fd (SET_VRING_CALL comes after the kick that starts a
+                        // ring) or the old one: one call on the new fd, so that the driver
+                        // never waits for them (a spurious call is harmless).
+                        signal(i, r.n.call.as_ref());
                     }
                 }
                 Command::Err(i, e) => {
