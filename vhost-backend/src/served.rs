@@ -152,6 +152,30 @@ impl ServedQueue {
         Ok(Drained::Busy)
     }
 
+    /// Asks the driver not to kick: for a runner that looks at the ring on its own (busy
+    /// polling with [`poll_pass`](Self::poll_pass)). Kicks stay suppressed until the next
+    /// [`drain`](Self::drain), which re-enables them (and re-checks) before it returns
+    /// [`Drained::Idle`]: call it before waiting for kicks again.
+    pub fn suppress_kicks(&mut self) {
+        if !self.broken {
+            self.queue.disable_notifications();
+        }
+    }
+
+    /// One busy-poll pass: a [`QueueHandler::process`] call that leaves kicks as they are
+    /// (suppressed with [`suppress_kicks`](Self::suppress_kicks): the runner comes back
+    /// without one), then publishes and calls `notify` if the driver must be told.
+    /// `Ok(true)` if the handler took chains. Nothing is done while the ring is stopping
+    /// or broken. An error broke the ring: signal its err fd.
+    pub fn poll_pass(&mut self, mut notify: impl FnMut()) -> Result<bool, QueueError> {
+        if self.broken || self.queue.is_stopping() {
+            return Ok(false);
+        }
+        let before = self.queue.pops();
+        self.call(&mut notify, |h, q| h.process(q))?;
+        Ok(self.queue.pops() != before)
+    }
+
     /// Source `id` is readable: lets the handler collect completions or serve the ring.
     pub fn ready(&mut self, id: u32, mut notify: impl FnMut()) -> Result<(), QueueError> {
         self.call(&mut notify, |h, q| h.ready(q, id))

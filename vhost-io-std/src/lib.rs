@@ -3,7 +3,8 @@
 //!
 //! - [`backend`]: a [`Server`](backend::Server) that serves a
 //!   [`Device`](vhost_backend::Device) (listen on a path, connect to one, or
-//!   an fd already connected), one worker thread per started queue; the
+//!   an fd already connected), one worker thread per started queue or per
+//!   queue group, blocking or busy polling; the
 //!   device's end of the back-end channel is a gated
 //!   [`BackendChannel`](vhost_backend::BackendChannel).
 //! - [`frontend`]: a blocking [`Frontend`](frontend::Frontend) client with one

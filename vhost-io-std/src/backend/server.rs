@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::ServeError;
 use vhost_backend::Device;
 
+use super::groups::{BusyPoll, Placement};
 use super::session::{Context, Ended, Session, StopSignal, wait_readable};
 use vhost_backend::os::socket::remove_stale_socket;
 
@@ -62,6 +63,7 @@ pub struct Server<D: Device> {
     source: Source,
     stop: Arc<StopSignal>,
     stall_timeout: Duration,
+    placement: Placement,
 }
 
 /// How long a front-end may stall (stop mid-message, or stay silent after connecting)
@@ -118,6 +120,7 @@ impl<D: Device> Server<D> {
             source,
             stop: Arc::new(StopSignal::new()?),
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            placement: Placement::default(),
         })
     }
 
@@ -129,6 +132,51 @@ impl<D: Device> Server<D> {
     /// [`DEFAULT_STALL_TIMEOUT`]; at least 1 ms.
     pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
         self.stall_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Maps queues to threads: queues for which `group_of` returns the same group share
+    /// one worker thread, which serves all of them (one `poll` on all their kicks and
+    /// sources, or busy polling: [`with_busy_poll`](Self::with_busy_poll)). A group's
+    /// thread runs while any of its queues is started (it starts with the first and ends
+    /// with the last). Stopping one queue of a group (GET_VRING_BASE) leaves the others
+    /// running. Default: a group per queue (`|index| index`), a thread per started queue.
+    ///
+    /// ```
+    /// # use vhost_backend::echo::Echo;
+    /// # use vhost_io_std::backend::{BusyPoll, Server};
+    /// # let (_, b) = std::os::unix::net::UnixStream::pair()?;
+    /// // A net device with 4 queue pairs and a control queue (index 8): a thread per
+    /// // queue pair (RX 2k and TX 2k+1), busy polling, the control queue blocking.
+    /// let server = Server::from_stream(b, Echo::new(9))?
+    ///     .with_queue_groups(|index| index / 2)
+    ///     .with_busy_poll_groups(|group| (group < 4).then(BusyPoll::new));
+    /// # drop(server);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_queue_groups(
+        mut self,
+        group_of: impl Fn(u16) -> u16 + Send + Sync + 'static,
+    ) -> Self {
+        self.placement.set_groups(Arc::new(group_of));
+        self
+    }
+
+    /// Every queue group busy-polls as `busy` says (see [`BusyPoll`]): its thread serves
+    /// its started queues in a loop with driver notifications suppressed, and sleeps
+    /// until a kick after an idle spin. Default: no group busy-polls (each blocks in
+    /// `poll` until a kick).
+    pub fn with_busy_poll(self, busy: BusyPoll) -> Self {
+        self.with_busy_poll_groups(move |_| Some(busy))
+    }
+
+    /// The groups (see [`with_queue_groups`](Self::with_queue_groups)) for which
+    /// `busy_of` returns `Some` busy-poll; the others block in `poll`.
+    pub fn with_busy_poll_groups(
+        mut self,
+        busy_of: impl Fn(u16) -> Option<BusyPoll> + Send + Sync + 'static,
+    ) -> Self {
+        self.placement.set_busy(Arc::new(busy_of));
         self
     }
 
@@ -173,7 +221,7 @@ impl<D: Device> Server<D> {
             listener,
             stall_timeout: self.stall_timeout,
         };
-        Session::new(Arc::clone(&self.device))?.run(stream, &cx)
+        Session::new(Arc::clone(&self.device), self.placement.clone())?.run(stream, &cx)
     }
 
     /// Runs [`serve`](Self::serve) in a thread; the handle stops it.

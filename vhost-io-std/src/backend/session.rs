@@ -1,5 +1,7 @@
 //! Serving one front-end connection: a `poll` loop around the protocol core; its events are
-//! handled by the shared [`SessionState`], with the queues running on worker threads.
+//! handled by the shared [`SessionState`], with the queues running on worker threads (a
+//! thread per queue group, started with the group's first running queue and ended with
+//! its last).
 //!
 //! The loop waits on the socket, the server's stop signal, the workers' `done` eventfd
 //! (a ring that was asked to stop has quiesced) and, while the connection looks stalled,
@@ -23,6 +25,7 @@ use vhost_proto::backend::Event;
 
 use crate::ServeError;
 
+use super::groups::Placement;
 use super::worker::{Command, Notifiers, Worker};
 
 /// Bytes read per `recvmsg`: the largest request (a 2 KiB SHMEM config, a 4 KiB config
@@ -42,11 +45,25 @@ pub enum Ended {
     Preempted,
 }
 
-/// The std runner's [`Rings`]: one worker thread per running queue.
+/// The std runner's [`Rings`]: one worker thread per queue group with running rings
+/// (by default a group per queue).
 struct Workers {
-    slots: Vec<Option<Worker>>,
-    /// Signalled by every worker that ends.
+    placement: Placement,
+    /// Per ring: the serial of the worker that holds it.
+    slots: Vec<Option<u64>>,
+    groups: Vec<GroupThread>,
+    next_serial: u64,
+    /// Signalled by every worker that hands a ring back or ends.
     done: Arc<EventFd>,
+}
+
+/// A group's running worker.
+struct GroupThread {
+    group: u16,
+    serial: u64,
+    worker: Worker,
+    /// Rings of this session the worker holds (running or stopping).
+    rings: usize,
 }
 
 /// One connection's state besides the socket.
@@ -65,13 +82,16 @@ pub(crate) struct Context<'a> {
 }
 
 impl<D: Device> Session<D> {
-    pub(crate) fn new(device: Arc<D>) -> Result<Self, ServeError> {
+    pub(crate) fn new(device: Arc<D>, placement: Placement) -> Result<Self, ServeError> {
         let state = SessionState::new(device);
         let n = state.connection().rings().len();
         Ok(Session {
             state,
             workers: Workers {
-                slots: (0..n).map(|_| None).collect(),
+                placement,
+                slots: vec![None; n],
+                groups: Vec::new(),
+                next_serial: 0,
                 done: Arc::new(EventFd::new(true).map_err(|e| ServeError::io("eventfd", e))?),
             },
         })
@@ -235,9 +255,66 @@ impl<D: Device> Session<D> {
             if let Err(e) = self.workers.done.wait() {
                 log::error!("vhost-io-std: waiting for the queue workers failed: {e}");
                 // Dropping the workers joins them.
-                self.workers.slots.clear();
+                self.workers.groups.clear();
             }
             self.state.poll_pending(&mut self.workers);
+        }
+    }
+}
+
+impl Workers {
+    /// The worker holding ring `index`.
+    fn holder(&self, index: u16) -> Option<&GroupThread> {
+        let serial = (*self.slots.get(usize::from(index))?)?;
+        self.groups.iter().find(|g| g.serial == serial)
+    }
+
+    fn send(&self, index: u16, command: Command) {
+        if let Some(g) = self.holder(index) {
+            g.worker.send(command);
+        }
+    }
+
+    /// A running worker for `group`, started if there is none (or it died).
+    fn worker_for(&mut self, group: u16) -> std::io::Result<&mut GroupThread> {
+        let at = match self
+            .groups
+            .iter()
+            .position(|g| g.group == group && !g.worker.is_finished())
+        {
+            Some(at) => at,
+            None => {
+                let wait = self.placement.wait(group);
+                let name = self.placement.thread_name(group, wait);
+                let worker = Worker::spawn(name, wait, Arc::clone(&self.done))?;
+                self.next_serial += 1;
+                self.groups.push(GroupThread {
+                    group,
+                    serial: self.next_serial,
+                    worker,
+                    rings: 0,
+                });
+                self.groups.len() - 1
+            }
+        };
+        self.groups
+            .get_mut(at)
+            .ok_or_else(|| std::io::Error::other("no worker"))
+    }
+
+    /// Ring `index` left its worker (handed back, or lost with it); a worker left
+    /// without rings ends (it has nothing to finish: dropping it joins it at once).
+    fn release(&mut self, index: u16, serial: u64) {
+        if let Some(slot) = self.slots.get_mut(usize::from(index)) {
+            *slot = None;
+        }
+        if let Some(at) = self.groups.iter().position(|g| g.serial == serial)
+            && let Some(g) = self.groups.get_mut(at)
+        {
+            g.rings = g.rings.saturating_sub(1);
+            if g.rings == 0 {
+                drop(self.groups.swap_remove(at));
+            }
         }
     }
 }
@@ -250,57 +327,65 @@ impl<D: Device> Rings<D> for Workers {
             call: dup(state, index, Notifier::Call),
             err: dup(state, index, Notifier::Err),
         };
-        let worker = match Worker::spawn(ring, notifiers, Arc::clone(&self.done)) {
-            Ok(w) => Some(w),
+        let group = self.placement.group(index);
+        let serial = match self.worker_for(group) {
+            Ok(g) => {
+                g.worker.send(Command::Run(Box::new(ring), notifiers));
+                g.rings += 1;
+                Some(g.serial)
+            }
             Err(e) => {
                 log::error!("vhost-io-std: queue {index}: cannot start its worker: {e}");
                 None
             }
         };
         if let Some(slot) = self.slots.get_mut(usize::from(index)) {
-            *slot = worker;
+            *slot = serial;
         }
     }
 
     fn begin_stop(&mut self, index: u16) {
-        if let Some(Some(w)) = self.slots.get(usize::from(index)) {
-            w.send(Command::Stop);
-        }
+        self.send(index, Command::Stop(index));
     }
 
     fn poll_stop(&mut self, index: u16) -> Poll<Option<ServedQueue>> {
-        let Some(slot) = self.slots.get_mut(usize::from(index)) else {
+        let Some(g) = self.holder(index) else {
             return Poll::Ready(None);
         };
-        match slot {
-            None => Poll::Ready(None),
-            Some(w) if w.is_finished() => Poll::Ready(slot.take().and_then(Worker::join)),
-            Some(_) => Poll::Pending,
+        let serial = g.serial;
+        if let Some(q) = g.worker.take_stopped(index) {
+            self.release(index, serial);
+            return Poll::Ready(Some(q));
         }
+        if g.worker.is_finished() {
+            log::error!("vhost-io-std: queue {index}: its worker ended (panicked?)");
+            self.release(index, serial);
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 
     fn notifier_changed(&mut self, state: &SessionState<D>, index: u16, which: Notifier) {
-        let Some(Some(w)) = self.slots.get(usize::from(index)) else {
+        if self.holder(index).is_none() {
             return;
-        };
-        let fd = dup(state, index, which);
-        match which {
-            Notifier::Kick => w.send(Command::Kick(fd)),
-            Notifier::Call => w.set_call(fd),
-            Notifier::Err => w.set_err(fd),
         }
+        let fd = dup(state, index, which);
+        self.send(
+            index,
+            match which {
+                Notifier::Kick => Command::Kick(index, fd),
+                Notifier::Call => Command::Call(index, fd),
+                Notifier::Err => Command::Err(index, fd),
+            },
+        );
     }
 
     fn ring_enabled(&mut self, _: &SessionState<D>, index: u16, enabled: bool) {
-        if let Some(Some(w)) = self.slots.get(usize::from(index)) {
-            w.send(Command::Enabled(enabled));
-        }
+        self.send(index, Command::Enabled(index, enabled));
     }
 
     fn ring_kicked(&mut self, _: &SessionState<D>, index: u16) {
-        if let Some(Some(w)) = self.slots.get(usize::from(index)) {
-            w.send(Command::Kicked);
-        }
+        self.send(index, Command::Kicked(index));
     }
 }
 

@@ -1,45 +1,73 @@
-//! One thread per started queue: waits on its kick fd, its control fd and its handler's
-//! sources with one `poll`, reads the kick once per wakeup, lets the handler serve the
-//! ring, and signals the call fd when the driver asked for it. The session thread talks to
-//! it through commands (new notifiers, enable, in-band kick, stop); a stop lets the handler
-//! complete what it holds first, and the worker reports the end on the session's `done`
-//! eventfd instead of being joined while it still works.
+//! Queue workers: one thread per queue group, serving 1..n started rings. The session
+//! thread hands it rings and talks to it through commands (new notifiers, enable, in-band
+//! kick, stop); a ring asked to stop lets its handler complete what it holds first, and the
+//! worker hands the quiesced ring back (and signals the session's `done` eventfd) instead of
+//! being joined while it still works.
+//!
+//! One loop, two ways to wait ([`Wait`]):
+//! - **blocking**: one `poll` on the control fd, every ring's kick fd and every handler's
+//!   sources; a kick is read once per wakeup and the ring drained
+//!   ([`ServedQueue::drain`]: kicks suppressed while the handler works, re-enabled and
+//!   re-checked afterwards);
+//! - **busy polling**: kicks suppressed ([`ServedQueue::suppress_kicks`]), every ring's
+//!   handler called each round ([`ServedQueue::poll_pass`]), the fds looked at with a
+//!   zero-timeout `poll` every few rounds and the commands every round (an atomic flag).
+//!   After the idle spin without work, every ring is drained (kicks re-enabled and
+//!   re-checked) and the worker blocks like a blocking one until something wakes it.
 
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use vhost_backend::os::eventfd::EventFd;
 use vhost_backend::os::sigbus;
-use vhost_backend::{Drained, ServedQueue};
+use vhost_backend::{Drained, ServedQueue, Source};
 
-/// Without a kick fd (no-fd flag: "poll the ring", spec §3.1) the worker looks at the ring
-/// this often.
+use super::groups::Wait;
+
+/// Without a kick fd (no-fd flag: "poll the ring", spec §3.1) a blocking worker looks at
+/// the ring this often.
 const POLL_INTERVAL: Timespec = Timespec {
     tv_sec: 0,
     tv_nsec: 1_000_000,
 };
 
+const NO_WAIT: Timespec = Timespec {
+    tv_sec: 0,
+    tv_nsec: 0,
+};
+
+/// Rounds a blocking worker drains one ring before it looks at the others (and its fds)
+/// again; the ring is drained on right after.
+const DRAIN_ROUNDS: usize = 64;
+
 /// What the session thread tells a worker.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Stop once the handler has completed what it holds.
-    Stop,
-    /// The kick fd changed (a kick on the new fd before the worker switches is not lost:
-    /// the worker looks at the ring when it switches).
-    Kick(Option<EventFd>),
-    /// The ring was enabled (look at it: chains may wait) or disabled.
-    Enabled(bool),
-    /// An in-band kick (VRING_KICK).
-    Kicked,
+    /// Serve this ring (just started), and look at it once (a start needs no kick).
+    Run(Box<ServedQueue>, Notifiers),
+    /// Stop ring `index` once its handler has completed what it holds, and hand it back.
+    Stop(u16),
+    /// Ring `index`'s kick fd changed.
+    Kick(u16, Option<EventFd>),
+    /// Ring `index`'s call fd changed.
+    Call(u16, Option<EventFd>),
+    /// Ring `index`'s err fd changed.
+    Err(u16, Option<EventFd>),
+    /// Ring `index` was enabled (look at it: chains may wait) or disabled.
+    Enabled(u16, bool),
+    /// An in-band kick of ring `index` (VRING_KICK).
+    Kicked(u16),
+    /// Stop every ring and end once they have quiesced.
+    Exit,
 }
 
-/// The ring's notifiers (duplicates of the session's). The kick fd is the worker's own;
-/// the call and err fds are swapped by the session thread in place, so that the ack of a
-/// SET_VRING_CALL/ERR means the worker signals the new fd from then on.
+/// A ring's notifiers, owned by its worker (duplicates of the session's).
 #[derive(Debug, Default)]
 pub(crate) struct Notifiers {
     /// `None`: poll the ring.
@@ -48,59 +76,49 @@ pub(crate) struct Notifiers {
     pub err: Option<EventFd>,
 }
 
-/// The call and err fds shared by a worker and its session thread.
-#[derive(Debug, Default)]
-struct Outputs {
-    call: Mutex<Option<EventFd>>,
-    err: Mutex<Option<EventFd>>,
-}
-
 #[derive(Debug)]
 struct Shared {
     commands: Mutex<Vec<Command>>,
-    outputs: Outputs,
-    /// The session's `done` eventfd, also signalled when a guest-memory fault was
-    /// contained (the session thread ends the session).
-    done: Arc<EventFd>,
-    /// Signalled with every command.
+    /// Set with every command: a spinning worker checks it every round, without a system
+    /// call.
+    pending: AtomicBool,
+    /// Signalled with every command (wakes a blocked worker).
     control: EventFd,
+    /// The session's `done` eventfd: signalled when a ring is handed back, when the
+    /// worker ends, and when a guest-memory fault was contained (the session thread ends
+    /// the session).
+    done: Arc<EventFd>,
+    /// Rings that quiesced after a stop, for the session to collect.
+    stopped: Mutex<Vec<ServedQueue>>,
     finished: AtomicBool,
 }
 
-/// A running worker.
+/// A running worker: the thread of one queue group.
 #[derive(Debug)]
 pub(crate) struct Worker {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<ServedQueue>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    /// Starts a worker thread for `ring`; it signals `done` when it ends.
-    pub(crate) fn spawn(
-        ring: ServedQueue,
-        notifiers: Notifiers,
-        done: Arc<EventFd>,
-    ) -> io::Result<Worker> {
-        let Notifiers { kick, call, err } = notifiers;
+    /// Starts a worker thread named `name` with no ring yet (send [`Command::Run`]); it
+    /// signals `done` whenever it hands a ring back and when it ends.
+    pub(crate) fn spawn(name: String, wait: Wait, done: Arc<EventFd>) -> io::Result<Worker> {
         let shared = Arc::new(Shared {
             commands: Mutex::new(Vec::new()),
-            outputs: Outputs {
-                call: Mutex::new(call),
-                err: Mutex::new(err),
-            },
+            pending: AtomicBool::new(false),
             done: Arc::clone(&done),
             control: EventFd::new(true)?,
+            stopped: Mutex::new(Vec::new()),
             finished: AtomicBool::new(false),
         });
-        let name = format!("vhost-q{}", ring.index());
         let theirs = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name(name).spawn(move || {
-            let ring = run(ring, kick, &theirs);
+            Group::new(&theirs, wait).run();
             theirs.finished.store(true, Ordering::Release);
             if let Err(e) = done.signal() {
                 log::error!("vhost-io-std: a queue worker cannot report its end: {e}");
             }
-            ring
         })?;
         Ok(Worker {
             shared,
@@ -115,191 +133,455 @@ impl Worker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(command);
+        self.shared.pending.store(true, Ordering::Release);
         if let Err(e) = self.shared.control.signal() {
             log::error!("vhost-io-std: cannot signal a queue worker: {e}");
         }
     }
 
-    /// Replaces the call fd: the worker signals the new one from now on.
-    pub(crate) fn set_call(&self, fd: Option<EventFd>) {
-        *lock(&self.shared.outputs.call) = fd;
+    /// Ring `index` if it quiesced after a stop (the worker no longer holds it).
+    pub(crate) fn take_stopped(&self, index: u16) -> Option<ServedQueue> {
+        let mut stopped = self
+            .shared
+            .stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let at = stopped.iter().position(|q| q.index() == index)?;
+        Some(stopped.swap_remove(at))
     }
 
-    /// Replaces the err fd: the worker signals the new one from now on.
-    pub(crate) fn set_err(&self, fd: Option<EventFd>) {
-        *lock(&self.shared.outputs.err) = fd;
-    }
-
-    /// Whether the worker ended (after a stop, or because it panicked).
+    /// Whether the worker ended (after [`Command::Exit`], or because it panicked: the
+    /// rings it held are lost, the session continues).
     pub(crate) fn is_finished(&self) -> bool {
         self.shared.finished.load(Ordering::Acquire)
             || self.thread.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-
-    /// The ended worker's ring; `None` if the thread panicked (the ring is lost, the
-    /// session continues).
-    pub(crate) fn join(mut self) -> Option<ServedQueue> {
-        let thread = self.thread.take()?;
-        match thread.join() {
-            Ok(q) => Some(q),
-            Err(_) => {
-                log::error!("vhost-io-std: a queue worker panicked");
-                None
-            }
-        }
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
-            // Stop it and wait: the handler may still be using guest memory.
-            self.send(Command::Stop);
-            let _ = t.join();
+            // Stop it and wait: the handlers may still be using guest memory. A worker
+            // with no ring left ends at once.
+            self.send(Command::Exit);
+            if t.join().is_err() {
+                log::error!("vhost-io-std: a queue worker panicked");
+            }
         }
     }
 }
 
-fn run(mut ring: ServedQueue, kick: Option<EventFd>, shared: &Shared) -> ServedQueue {
-    let mut n = Ring {
-        kick,
-        outputs: &shared.outputs,
-    };
-    let index = ring.index();
-    // Taken before the ring is first touched: a fault in the first pass counts.
-    let mut faults = sigbus::total_faults();
-    // Look at the ring once when it starts (spec §7.2: tolerate a start without a kick).
-    serve(&mut ring, &n);
-    let sources: Vec<_> = ring.sources().to_vec();
-    loop {
-        if ring.is_quiesced() {
-            break;
-        }
-        let now = sigbus::total_faults();
-        if now != faults {
-            // Some mapping faulted (maybe ours; the access was contained): the session
-            // thread looks and ends the session if it is its memory.
-            faults = now;
-            if let Err(e) = shared.done.signal() {
-                log::error!("vhost-io-std: queue {index}: cannot report a memory fault: {e}");
-            }
-        }
-        let watch_kick = !ring.is_stopping() && !ring.is_broken();
-        let kick = n.kick.as_ref().filter(|_| watch_kick);
-        let timeout = (watch_kick && n.kick.is_none()).then_some(&POLL_INTERVAL);
-        let watch_sources = !ring.is_broken();
-        // The poll set borrows the notifiers for this round only (commands may replace
-        // them afterwards).
-        let (control_ready, kick_ready, ready_sources) = {
-            let mut round: Vec<PollFd<'_>> = Vec::with_capacity(2 + sources.len());
-            round.push(PollFd::from_borrowed_fd(
-                shared.control.read_fd(),
-                PollFlags::IN,
-            ));
-            if let Some(k) = kick {
-                round.push(PollFd::from_borrowed_fd(k.read_fd(), PollFlags::IN));
-            }
-            let first_source = round.len();
-            let borrowed: Vec<_> = if watch_sources {
-                sources
-                    .iter()
-                    // SAFETY: the handler owns these fds and keeps them open while it
-                    // lives (the `Source` contract); it lives in `ring`, which outlives
-                    // this round.
-                    .map(|s| unsafe { std::os::fd::BorrowedFd::borrow_raw(s.fd) })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            for b in &borrowed {
-                round.push(PollFd::from_borrowed_fd(*b, PollFlags::IN));
-            }
-            if let Err(e) = poll_retry(&mut round, timeout) {
-                log::error!("vhost-io-std: queue {index}: poll failed: {e}");
-                ring.set_broken();
-                signal_err(index, &n);
-                continue;
-            }
-            let revents = |i: usize| {
-                round
-                    .get(i)
-                    .map(PollFd::revents)
-                    .unwrap_or(PollFlags::empty())
-            };
-            let control = !revents(0).is_empty();
-            let kick_ready = kick.is_some().then(|| revents(1));
-            let ready: Vec<u32> = sources
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| watch_sources && !revents(first_source + i).is_empty())
-                .map(|(_, s)| s.id)
-                .collect();
-            (control, kick_ready, ready)
-        };
-        let mut look = false;
-        if control_ready {
-            consume(&shared.control);
-            let commands = std::mem::take(
-                &mut *shared
-                    .commands
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
-            for c in commands {
-                match c {
-                    Command::Stop => {
-                        if let Err(e) = ring.begin_stop(|| n.signal_call(index)) {
-                            log::error!("vhost-io-std: queue {index} stopped processing: {e}");
-                            signal_err(index, &n);
-                        }
-                    }
-                    Command::Kick(k) => {
-                        n.kick = k;
-                        look = true;
-                    }
-                    Command::Enabled(on) => look |= on,
-                    Command::Kicked => look = true,
-                }
-            }
-        }
-        match kick_ready {
-            Some(rev) if !rev.is_empty() => {
-                if kick_consumed(index, n.kick.as_ref(), rev) {
-                    look = true;
-                } else {
-                    // A kick fd at EOF or in error: the ring cannot be served any more.
-                    ring.set_broken();
-                    signal_err(index, &n);
-                }
-            }
-            _ => {}
-        }
-        if timeout.is_some() {
-            // No kick fd: look at the ring every interval.
-            look = true;
-        }
-        if look {
-            serve(&mut ring, &n);
-        }
-        for id in ready_sources {
-            if let Err(e) = ring.ready(id, || n.signal_call(index)) {
+/// One ring as its worker holds it.
+struct Ring {
+    q: ServedQueue,
+    n: Notifiers,
+    /// The handler's sources (asked once when the ring started).
+    sources: Vec<Source>,
+    /// Serve it in this round (a kick, a start, an enable, a drain that had more).
+    look: bool,
+    /// Kicks are suppressed for busy polling (re-enabled by the drain before sleeping).
+    suppressed: bool,
+}
+
+impl Ring {
+    fn index(&self) -> u16 {
+        self.q.index()
+    }
+
+    /// Whether its kick fd is worth waiting on (a stopping or broken ring takes no chains).
+    fn watches_kick(&self) -> bool {
+        !self.q.is_stopping() && !self.q.is_broken()
+    }
+
+    /// A ring without a kick fd (spec §3.1: poll it) that takes chains.
+    fn polled_without_kick(&self) -> bool {
+        self.watches_kick() && self.n.kick.is_none()
+    }
+
+    /// Lets the handler drain the ring (kicks re-enabled afterwards).
+    fn drain(&mut self, rounds: usize) -> Drained {
+        let Ring { q, n, .. } = self;
+        let index = q.index();
+        let call = n.call.as_ref();
+        self.suppressed = false;
+        match q.drain(rounds, || signal(index, call)) {
+            Ok(d) => d,
+            Err(e) => {
                 log::error!("vhost-io-std: queue {index} stopped processing: {e}");
-                signal_err(index, &n);
+                signal_err(index, n);
+                Drained::Idle
             }
         }
     }
-    ring
-}
 
-/// Lets the handler drain the ring (no round limit: the worker has its thread to itself).
-fn serve(ring: &mut ServedQueue, n: &Ring<'_>) {
-    let index = ring.index();
-    match ring.drain(usize::MAX, || n.signal_call(index)) {
-        Ok(Drained::Idle | Drained::Busy) => {}
-        Err(e) => {
+    /// One busy-poll pass (kicks suppressed first); whether it took chains.
+    fn poll_pass(&mut self) -> bool {
+        let Ring { q, n, .. } = self;
+        let index = q.index();
+        if !self.suppressed {
+            q.suppress_kicks();
+            self.suppressed = true;
+        }
+        let call = n.call.as_ref();
+        match q.poll_pass(|| signal(index, call)) {
+            Ok(took) => took,
+            Err(e) => {
+                log::error!("vhost-io-std: queue {index} stopped processing: {e}");
+                signal_err(index, n);
+                false
+            }
+        }
+    }
+
+    /// Source `id` is readable.
+    fn ready(&mut self, id: u32) {
+        let Ring { q, n, .. } = self;
+        let index = q.index();
+        let call = n.call.as_ref();
+        if let Err(e) = q.ready(id, || signal(index, call)) {
             log::error!("vhost-io-std: queue {index} stopped processing: {e}");
             signal_err(index, n);
         }
+    }
+
+    fn begin_stop(&mut self) {
+        let Ring { q, n, .. } = self;
+        let index = q.index();
+        let call = n.call.as_ref();
+        if let Err(e) = q.begin_stop(|| signal(index, call)) {
+            log::error!("vhost-io-std: queue {index} stopped processing: {e}");
+            signal_err(index, n);
+        }
+    }
+}
+
+/// What one look at the fds found (kicks are consumed as they are found).
+#[derive(Default)]
+struct Found {
+    control: bool,
+    /// Anything at all was ready (a kick, a source, the control fd).
+    any: bool,
+}
+
+/// A worker's loop state.
+struct Group<'s> {
+    shared: &'s Shared,
+    wait: Wait,
+    rings: Vec<Ring>,
+    /// Sources found readable: (position in `rings`, id).
+    ready: Vec<(usize, u32)>,
+    exiting: bool,
+    faults: u64,
+    /// Busy polling: spinning with kicks suppressed (else blocked in poll, kicks on).
+    spinning: bool,
+    /// Busy polling: when the last round with work was (`None`: the last round had some).
+    idle_since: Option<Instant>,
+    rounds: u32,
+}
+
+impl<'s> Group<'s> {
+    fn new(shared: &'s Shared, wait: Wait) -> Self {
+        Group {
+            shared,
+            wait,
+            rings: Vec::new(),
+            ready: Vec::new(),
+            exiting: false,
+            faults: sigbus::total_faults(),
+            spinning: false,
+            idle_since: None,
+            rounds: 0,
+        }
+    }
+
+    fn run(&mut self) {
+        loop {
+            self.hand_back_quiesced();
+            if self.exiting && self.rings.is_empty() {
+                return;
+            }
+            self.check_faults();
+            // A busy worker with no ring blocks on its control fd.
+            let busy = match self.wait {
+                Wait::Busy(b) if !self.rings.is_empty() => Some(b),
+                _ => None,
+            };
+            let spin = busy.is_some() && self.spinning;
+            let check_fds = match busy {
+                Some(b) if spin => {
+                    self.rounds = self.rounds.wrapping_add(1);
+                    self.rounds.is_multiple_of(b.fd_check_rounds())
+                }
+                _ => true,
+            };
+            let mut found = Found::default();
+            if check_fds {
+                let timeout = if spin || self.rings.iter().any(|r| r.look) {
+                    Some(&NO_WAIT)
+                } else if self.rings.iter().any(Ring::polled_without_kick) {
+                    Some(&POLL_INTERVAL)
+                } else {
+                    None
+                };
+                found = self.look_at_fds(timeout);
+                if !spin {
+                    // No kick fd: look at the ring every interval (or sooner).
+                    for r in &mut self.rings {
+                        r.look |= r.polled_without_kick();
+                    }
+                }
+            }
+            if found.control {
+                consume(&self.shared.control);
+            }
+            // (Read before swapping: a spinning worker does not write the flag's cache
+            // line every round.)
+            let pending = self.shared.pending.load(Ordering::Acquire)
+                && self.shared.pending.swap(false, Ordering::AcqRel);
+            if found.control || pending {
+                self.apply_commands();
+            }
+            let mut progress = !self.ready.is_empty();
+            if spin {
+                for r in &mut self.rings {
+                    r.look = false;
+                    progress |= r.poll_pass();
+                }
+            } else {
+                for r in self.rings.iter_mut().filter(|r| r.look) {
+                    r.look = r.drain(DRAIN_ROUNDS) == Drained::Busy;
+                }
+            }
+            for (at, id) in std::mem::take(&mut self.ready) {
+                if let Some(r) = self.rings.get_mut(at) {
+                    r.ready(id);
+                }
+            }
+            if let Some(b) = busy {
+                self.busy_step(b, spin, progress, found.any);
+            }
+        }
+    }
+
+    /// The busy-polling state machine, after a round.
+    fn busy_step(&mut self, b: super::BusyPoll, spun: bool, progress: bool, woken: bool) {
+        if !spun {
+            // Blocked (or just started): whatever woke us, spin now.
+            if woken || self.rings.iter().any(|r| r.look) {
+                self.spinning = true;
+                self.idle_since = None;
+            }
+            return;
+        }
+        if progress {
+            self.idle_since = None;
+            return;
+        }
+        let Some(spin) = b.idle_spin() else {
+            std::hint::spin_loop();
+            return;
+        };
+        std::hint::spin_loop();
+        let now = Instant::now();
+        let since = *self.idle_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < spin {
+            return;
+        }
+        // Idle for long enough: kicks back on (each drain re-checks the ring), then sleep
+        // unless chains raced in.
+        let mut more = false;
+        for r in &mut self.rings {
+            if r.q.is_broken() {
+                continue;
+            }
+            let d = r.drain(1);
+            r.look = false;
+            more |= d == Drained::Busy;
+        }
+        if more {
+            self.idle_since = None;
+        } else {
+            self.spinning = false;
+        }
+    }
+
+    /// Hands every ring that quiesced back to the session.
+    fn hand_back_quiesced(&mut self) {
+        let mut i = 0;
+        while let Some(r) = self.rings.get(i) {
+            if !r.q.is_quiesced() {
+                i += 1;
+                continue;
+            }
+            let r = self.rings.swap_remove(i);
+            let index = r.index();
+            self.shared
+                .stopped
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(r.q);
+            if let Err(e) = self.shared.done.signal() {
+                log::error!("vhost-io-std: queue {index}: cannot report its stop: {e}");
+            }
+        }
+    }
+
+    /// Some mapping faulted (maybe ours; the access was contained): the session thread
+    /// looks and ends the session if it is its memory.
+    fn check_faults(&mut self) {
+        let now = sigbus::total_faults();
+        if now != self.faults {
+            self.faults = now;
+            if let Err(e) = self.shared.done.signal() {
+                log::error!("vhost-io-std: a queue worker cannot report a memory fault: {e}");
+            }
+        }
+    }
+
+    fn ring_mut(&mut self, index: u16) -> Option<&mut Ring> {
+        self.rings.iter_mut().find(|r| r.index() == index)
+    }
+
+    fn apply_commands(&mut self) {
+        let commands = std::mem::take(
+            &mut *self
+                .shared
+                .commands
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for c in commands {
+            match c {
+                Command::Run(q, n) => {
+                    let sources = q.sources().to_vec();
+                    let mut ring = Ring {
+                        q: *q,
+                        n,
+                        sources,
+                        look: true,
+                        suppressed: false,
+                    };
+                    if self.exiting {
+                        ring.begin_stop();
+                    }
+                    // Rings are only appended here: positions in `ready` stay valid.
+                    self.rings.push(ring);
+                }
+                Command::Stop(i) => {
+                    if let Some(r) = self.ring_mut(i) {
+                        r.begin_stop();
+                    }
+                }
+                Command::Kick(i, k) => {
+                    if let Some(r) = self.ring_mut(i) {
+                        r.n.kick = k;
+                        r.look = true;
+                    }
+                }
+                Command::Call(i, c) => {
+                    if let Some(r) = self.ring_mut(i) {
+                        r.n.call = c;
+                        // Completions published since the ring started may have found no
+                        // call fd (SET_VRING_CALL comes after the kick that starts a
+                        // ring) or the old one: one call on the new fd, so that the driver
+                        // never waits for them (a spurious call is harmless).
+                        signal(i, r.n.call.as_ref());
+                    }
+                }
+                Command::Err(i, e) => {
+                    if let Some(r) = self.ring_mut(i) {
+                        r.n.err = e;
+                    }
+                }
+                Command::Enabled(i, on) => {
+                    if let Some(r) = self.ring_mut(i) {
+                        r.look |= on;
+                    }
+                }
+                Command::Kicked(i) => {
+                    if let Some(r) = self.ring_mut(i) {
+                        r.look = true;
+                    }
+                }
+                Command::Exit => {
+                    self.exiting = true;
+                    for r in &mut self.rings {
+                        r.begin_stop();
+                    }
+                }
+            }
+        }
+    }
+
+    /// One `poll` on the control fd, the kick fds and the sources (at most `timeout`):
+    /// kicks are read (the ring marked to look at, or broken at EOF), ready sources queued
+    /// in `self.ready`.
+    fn look_at_fds(&mut self, timeout: Option<&Timespec>) -> Found {
+        enum Entry {
+            Control,
+            Kick(usize),
+            Source(usize, u32),
+        }
+        let mut entries = Vec::with_capacity(1 + 2 * self.rings.len());
+        let revents: Vec<PollFlags> = {
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(entries.capacity());
+            fds.push(PollFd::from_borrowed_fd(
+                self.shared.control.read_fd(),
+                PollFlags::IN,
+            ));
+            entries.push(Entry::Control);
+            for (at, r) in self.rings.iter().enumerate() {
+                if let Some(k) = r.n.kick.as_ref().filter(|_| r.watches_kick()) {
+                    fds.push(PollFd::from_borrowed_fd(k.read_fd(), PollFlags::IN));
+                    entries.push(Entry::Kick(at));
+                }
+                if r.q.is_broken() {
+                    continue;
+                }
+                for s in &r.sources {
+                    // SAFETY: the handler owns these fds and keeps them open while it
+                    // lives (the `Source` contract); it lives in `self.rings`, which
+                    // outlives this poll (nothing is removed before it returns).
+                    let fd = unsafe { BorrowedFd::borrow_raw(s.fd) };
+                    fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                    entries.push(Entry::Source(at, s.id));
+                }
+            }
+            if let Err(e) = poll_retry(&mut fds, timeout) {
+                drop(fds);
+                log::error!("vhost-io-std: a queue worker's poll failed: {e}");
+                for r in &mut self.rings {
+                    r.q.set_broken();
+                    signal_err(r.index(), &r.n);
+                }
+                return Found::default();
+            }
+            fds.iter().map(PollFd::revents).collect()
+        };
+        let mut found = Found::default();
+        for (e, rev) in entries.iter().zip(revents) {
+            if rev.is_empty() {
+                continue;
+            }
+            found.any = true;
+            match *e {
+                Entry::Control => found.control = true,
+                Entry::Kick(at) => {
+                    let Some(r) = self.rings.get_mut(at) else {
+                        continue;
+                    };
+                    if kick_consumed(r.index(), r.n.kick.as_ref(), rev) {
+                        r.look = true;
+                    } else {
+                        // A kick fd at EOF or in error: the ring cannot be served any more.
+                        r.q.set_broken();
+                        signal_err(r.index(), &r.n);
+                    }
+                }
+                Entry::Source(at, id) => self.ready.push((at, id)),
+            }
+        }
+        found
     }
 }
 
@@ -335,33 +617,20 @@ fn consume(e: &EventFd) {
     }
 }
 
-/// What the worker loop holds of its ring's notifiers.
-struct Ring<'a> {
-    /// `None`: poll the ring.
-    kick: Option<EventFd>,
-    outputs: &'a Outputs,
-}
-
-impl Ring<'_> {
-    fn signal_call(&self, index: u16) {
-        if let Some(c) = lock(&self.outputs.call).as_ref()
-            && let Err(e) = c.signal()
-        {
-            log::warn!("vhost-io-std: queue {index}: cannot signal the call fd: {e}");
-        }
+fn signal(index: u16, call: Option<&EventFd>) {
+    if let Some(c) = call
+        && let Err(e) = c.signal()
+    {
+        log::warn!("vhost-io-std: queue {index}: cannot signal the call fd: {e}");
     }
 }
 
-fn signal_err(index: u16, n: &Ring<'_>) {
-    if let Some(err) = lock(&n.outputs.err).as_ref()
+fn signal_err(index: u16, n: &Notifiers) {
+    if let Some(err) = &n.err
         && let Err(e) = err.signal()
     {
         log::warn!("vhost-io-std: queue {index}: cannot signal the err fd: {e}");
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn poll_retry(fds: &mut [PollFd<'_>], timeout: Option<&Timespec>) -> io::Result<()> {
