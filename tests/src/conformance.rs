@@ -42,6 +42,15 @@ pub trait Runner: Sized {
     fn finish(self);
 }
 
+/// `"std"` or `"mio"`: the name [`child_backend`] knows `R` by.
+pub fn runner_name<R: Runner>() -> &'static str {
+    if std::any::type_name::<R>().ends_with("Std") {
+        "std"
+    } else {
+        "mio"
+    }
+}
+
 /// The std runner: `vhost_io_std::backend::Server` on a socketpair.
 #[derive(Debug)]
 pub struct Std(vhost_io_std::backend::ServerHandle);
@@ -518,6 +527,334 @@ pub fn oversized_inflight_is_refused<R: Runner>() {
     server.finish();
 }
 
+/// The environment variable that makes the conformance test binary serve a [`Holder`]
+/// (`std:PATH` or `mio:PATH`) instead of running tests: see [`child_backend`].
+pub const CHILD_ENV: &str = "VHOST_CONFORMANCE_CHILD";
+
+/// Entry point of the child back-end of [`inflight_recovery`]: when [`CHILD_ENV`] is set,
+/// serves a [`Holder`] on its path with its runner until killed. Call it from a `#[test]`
+/// of the binary that runs the scenarios.
+pub fn child_backend() {
+    let Some(spec) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let spec = spec.to_string_lossy().into_owned();
+    let (runner, path) = spec.split_once(':').unwrap();
+    let path = std::path::PathBuf::from(path);
+    match runner {
+        "std" => vhost_io_std::backend::Server::bind(&path, Holder)
+            .unwrap()
+            .serve()
+            .unwrap(),
+        _ => vhost_io_mio::Server::new(Holder)
+            .unwrap()
+            .bind(&path)
+            .unwrap()
+            .run()
+            .unwrap(),
+    }
+}
+
+fn tracked_description() -> DeviceDescription {
+    DeviceDescription::new(
+        VirtioFeatures::VERSION_1 | VirtioFeatures::RING_PACKED,
+        ProtocolFeatures::MQ | ProtocolFeatures::REPLY_ACK | ProtocolFeatures::INFLIGHT_SHMFD,
+        1,
+    )
+}
+
+/// Reads a request's one-byte tag.
+fn tag(q: &Queue, c: &Chain) -> Result<u8, QueueError> {
+    let mut t = [0u8];
+    q.reader(c).read_exact(&mut t)?;
+    Ok(t[0])
+}
+
+/// The first back-end of [`inflight_recovery`]: completes even tags, holds odd ones in
+/// flight for ever.
+#[derive(Debug, Default)]
+pub struct Holder;
+
+impl Device for Holder {
+    fn description(&self) -> DeviceDescription {
+        tracked_description()
+    }
+
+    fn start_queue(self: Arc<Self>, _: &Queue) -> Result<Box<dyn QueueHandler>, Refused> {
+        let mut held = Vec::new();
+        Ok(Box::new(vhost_backend::handler_fn(move |q: &mut Queue| {
+            while let Some(c) = q.pop()? {
+                let t = tag(q, &c)?;
+                if t % 2 == 0 {
+                    q.writer(&c).write_all(&[t])?;
+                    q.complete(c, 1)?;
+                } else {
+                    held.push(c);
+                }
+            }
+            Ok(())
+        })))
+    }
+}
+
+/// The second back-end: completes everything with `tag | 0x80` and records the tags in
+/// the order it served them.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    served: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Device for Recorder {
+    fn description(&self) -> DeviceDescription {
+        tracked_description()
+    }
+
+    fn start_queue(self: Arc<Self>, _: &Queue) -> Result<Box<dyn QueueHandler>, Refused> {
+        let served = Arc::clone(&self.served);
+        Ok(Box::new(vhost_backend::handler_fn(move |q: &mut Queue| {
+            while let Some(c) = q.pop()? {
+                let t = tag(q, &c)?;
+                served.lock().unwrap().push(t);
+                q.writer(&c).write_all(&[t | 0x80])?;
+                q.complete(c, 1)?;
+            }
+            Ok(())
+        })))
+    }
+}
+
+/// A back-end killed with requests in flight (SIGKILL of a child process that holds them),
+/// and a new one given the same inflight buffer (SET_INFLIGHT_FD): the new one completes
+/// exactly the unfinished requests, in submission order, none twice.
+pub fn inflight_recovery<R: Runner>(runner: &str, packed: bool) {
+    const REQUESTS: u8 = 8;
+    let dir = crate::TempDir::new(&format!("inflight-{runner}-{packed}")).unwrap();
+    let path = dir.join("holder.sock");
+    let mut child = crate::Peer::spawn("conformance-child", {
+        let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+        c.args([
+            "child_backend",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, format!("{runner}:{}", path.display()));
+        c
+    })
+    .unwrap();
+    child.wait_for_socket(&path, TIMEOUT).unwrap();
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let negotiate = |front: &mut Frontend| {
+        front.get_features().unwrap();
+        front.get_protocol_features().unwrap();
+        front
+            .set_protocol_features(
+                ProtocolFeatures::MQ
+                    | ProtocolFeatures::REPLY_ACK
+                    | ProtocolFeatures::INFLIGHT_SHMFD,
+            )
+            .unwrap();
+        front.set_owner().unwrap();
+        let mut f = VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES;
+        if packed {
+            f |= VirtioFeatures::RING_PACKED;
+        }
+        front.set_features(f).unwrap();
+        f
+    };
+    let bufs = |k: u8| {
+        (
+            BUFS + u64::from(k) * 0x100,
+            BUFS + u64::from(k) * 0x100 + 0x80,
+        )
+    };
+    let answer = |k: u8| {
+        let mut b = [0u8];
+        GuestSlice::new(ram.memory(), bufs(k).1, 1)
+            .unwrap()
+            .read_at(0, &mut b)
+            .unwrap();
+        b[0]
+    };
+
+    // Session 1, with the child: inflight buffer, memory, one ring.
+    let mut front = Frontend::connect(&path).unwrap();
+    let features = negotiate(&mut front);
+    let (desc, inflight) = front.get_inflight_fd(1, 64).unwrap().expect("a buffer");
+    front.set_inflight_fd(desc, inflight.as_fd()).unwrap();
+    front.set_mem_table(&ram.mem_table()).unwrap();
+    let mut ring = ring(&ram, 0, features);
+    front.start_ring(&ring, &ram).unwrap();
+    let mut ids = Vec::new();
+    for k in 0..REQUESTS {
+        let (out, inn) = bufs(k);
+        GuestSlice::new(ram.memory(), out, 1)
+            .unwrap()
+            .write_at(0, &[k])
+            .unwrap();
+        ids.push(ring.add(&[(out, 1)], &[(inn, 1)]).unwrap());
+    }
+    ring.kick().unwrap();
+    let even: Vec<u16> = ids.iter().step_by(2).copied().collect();
+    let odd: Vec<u16> = ids.iter().skip(1).step_by(2).copied().collect();
+    let mut got: Vec<u16> = ring
+        .collect(even.len(), TIMEOUT)
+        .unwrap()
+        .iter()
+        .map(|d| d.0)
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, even, "the first back-end completes the even requests");
+
+    // The back-end dies mid-I/O.
+    let pid = child.pid();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    drop(child);
+    drop(front);
+
+    // Session 2, with a new back-end: the same buffer and memory, the ring restarted at
+    // its used position (the buffer says the rest).
+    let recorder = Recorder::default();
+    let served = Arc::clone(&recorder.served);
+    let (mut front, server) = R::serve(recorder);
+    negotiate(&mut front);
+    front.set_inflight_fd(desc, inflight.as_fd()).unwrap();
+    front.set_mem_table(&ram.mem_table()).unwrap();
+    let used = even.len() as u16;
+    let base = if packed {
+        // Two descriptors per request.
+        vhost_backend::vhost_proto::wire::VringBase::packed(2 * used, true, 2 * used, true)
+    } else {
+        vhost_backend::vhost_proto::wire::VringBase::split(used)
+    };
+    front.start_ring_at(&ring, &ram, base).unwrap();
+    let resubmitted: Vec<u16> = ring
+        .collect(odd.len(), TIMEOUT)
+        .unwrap()
+        .iter()
+        .map(|d| d.0)
+        .collect();
+    assert_eq!(
+        resubmitted, odd,
+        "exactly the unfinished requests, in order"
+    );
+    assert_eq!(
+        *served.lock().unwrap(),
+        (1..REQUESTS).step_by(2).collect::<Vec<u8>>(),
+        "the new back-end served the held requests, nothing else"
+    );
+    for k in 0..REQUESTS {
+        let want = if k % 2 == 0 { k } else { k | 0x80 };
+        assert_eq!(answer(k), want, "request {k} answered once");
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        ring.pop_used().unwrap().is_none(),
+        "nothing completed twice"
+    );
+    drop(front);
+    server.finish();
+    // A back-end killed with SIGKILL cannot remove its socket.
+    let _ = std::fs::remove_file(&path);
+    crate::assert_clean(&[pid], dir.path());
+}
+
+/// A device that keeps the back-end channel it is given, for the test to send on.
+#[derive(Debug, Default)]
+pub struct Chatty {
+    channel: Arc<std::sync::Mutex<Option<vhost_backend::BackendChannel>>>,
+}
+
+impl Device for Chatty {
+    fn description(&self) -> DeviceDescription {
+        DeviceDescription::new(
+            VirtioFeatures::VERSION_1,
+            ProtocolFeatures::MQ
+                | ProtocolFeatures::REPLY_ACK
+                | ProtocolFeatures::BACKEND_REQ
+                | ProtocolFeatures::CONFIG,
+            1,
+        )
+    }
+
+    fn start_queue(self: Arc<Self>, _: &Queue) -> Result<Box<dyn QueueHandler>, Refused> {
+        Ok(Box::new(vhost_backend::handler_fn(|q: &mut Queue| {
+            while let Some(c) = q.pop()? {
+                q.complete(c, 0)?;
+            }
+            Ok(())
+        })))
+    }
+
+    fn backend_channel_opened(&self, channel: vhost_backend::BackendChannel) {
+        *self.channel.lock().unwrap() = Some(channel);
+    }
+}
+
+/// The device's back-end channel follows the session on every runner: refused while the
+/// device is suspended (every ring stopped, spec §7.3), delivered typed and acked once a
+/// ring runs, and gated by the negotiation (it knows SET_FEATURES came after it).
+pub fn backend_channel<R: Runner>() {
+    use vhost_backend::ChannelError;
+    use vhost_backend::vhost_proto::wire::BackendRequest;
+    use vhost_io_std::frontend::BackendMessage;
+    let device = Chatty::default();
+    let slot = Arc::clone(&device.channel);
+    let (mut front, server) = R::serve(device);
+    front.get_features().unwrap();
+    front.get_protocol_features().unwrap();
+    front
+        .set_protocol_features(
+            ProtocolFeatures::MQ
+                | ProtocolFeatures::REPLY_ACK
+                | ProtocolFeatures::BACKEND_REQ
+                | ProtocolFeatures::CONFIG,
+        )
+        .unwrap();
+    front.set_owner().unwrap();
+    // QEMU's order: the channel before SET_FEATURES.
+    let mut fch = front.open_backend_channel().unwrap();
+    let features = VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES;
+    front.set_features(features).unwrap();
+    let ram = GuestRam::new(0, RAM).unwrap();
+    front.set_mem_table(&ram.mem_table()).unwrap();
+    let mut bch = slot
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the device got its channel");
+    assert!(
+        matches!(bch.config_change(), Err(ChannelError::Suspended { .. })),
+        "a suspended device must not send"
+    );
+    let ring0 = ring(&ram, 0, features);
+    front.start_ring(&ring0, &ram).unwrap();
+    let device = std::thread::spawn(move || {
+        bch.config_change().unwrap();
+        bch
+    });
+    match fch.recv(Some(TIMEOUT)).unwrap().expect("a request") {
+        BackendMessage::Request {
+            request: BackendRequest::ConfigChange,
+            answer,
+        } => fch.ack(answer, Ok(())).unwrap(),
+        other => panic!("expected CONFIG_CHANGE_MSG, got {other:?}"),
+    }
+    let mut bch = device.join().unwrap();
+    // Stopped again: suspended again.
+    front.get_vring_base(0).unwrap();
+    assert!(matches!(
+        bch.config_change(),
+        Err(ChannelError::Suspended { .. })
+    ));
+    drop((front, fch, bch));
+    server.finish();
+}
+
 /// A front-end that stalls (11 bytes of a header, then nothing; or nothing at all) while
 /// connected cannot keep the next front-end waiting: its handshake completes within 2 s.
 pub fn stalled_connection_does_not_block_the_next<R: Runner>(label: &str) {
@@ -587,6 +924,21 @@ macro_rules! conformance_tests {
         #[test]
         fn oversized_inflight_is_refused() {
             c::oversized_inflight_is_refused::<$runner>();
+        }
+
+        #[test]
+        fn backend_channel() {
+            c::backend_channel::<$runner>();
+        }
+
+        #[test]
+        fn inflight_recovery_split() {
+            c::inflight_recovery::<$runner>(c::runner_name::<$runner>(), false);
+        }
+
+        #[test]
+        fn inflight_recovery_packed() {
+            c::inflight_recovery::<$runner>(c::runner_name::<$runner>(), true);
         }
 
         #[test]

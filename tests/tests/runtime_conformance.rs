@@ -3,6 +3,13 @@
 //! ring starts, hostile notifiers, shrunk guest memory and oversized inflight requests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// Not a test: the child back-end of the inflight-recovery scenarios (it does nothing
+/// unless `VHOST_CONFORMANCE_CHILD` is set).
+#[test]
+fn child_backend() {
+    tests::conformance::child_backend();
+}
+
 mod std_runner {
     tests::conformance_tests!(tests::conformance::Std);
 }
