@@ -513,6 +513,76 @@ pub fn shrunk_guest_memory_ends_the_session<R: Runner>() {
     server.finish();
 }
 
+/// An echo device whose sessions may map at most `max_memory` bytes of guest memory.
+#[derive(Debug)]
+pub struct Limited {
+    echo: Arc<vhost_backend::echo::Echo>,
+    max_memory: u64,
+}
+
+impl Device for Limited {
+    fn description(&self) -> DeviceDescription {
+        self.echo.description().with_max_memory(self.max_memory)
+    }
+
+    fn start_queue(self: Arc<Self>, queue: &Queue) -> Result<Box<dyn QueueHandler>, Refused> {
+        Arc::clone(&self.echo).start_queue(queue)
+    }
+}
+
+/// A memory table (or an added region) beyond the session's mapped-memory limit is
+/// refused (NACK) and maps nothing; the session goes on with what it had.
+pub fn memory_limit_is_refused<R: Runner>() {
+    let (mut front, server) = R::serve(Limited {
+        echo: Arc::new(vhost_backend::echo::Echo::new(1)),
+        max_memory: RAM,
+    });
+    let big = GuestRam::new(0, 2 * RAM).unwrap();
+    let offered = front.get_features().unwrap();
+    let protocol = front.get_protocol_features().unwrap();
+    front
+        .set_protocol_features(
+            protocol
+                & (ProtocolFeatures::MQ
+                    | ProtocolFeatures::REPLY_ACK
+                    | ProtocolFeatures::CONFIGURE_MEM_SLOTS),
+        )
+        .unwrap();
+    front.set_owner().unwrap();
+    let features = offered & (VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES);
+    front.set_features(features).unwrap();
+    assert!(
+        matches!(
+            front.set_mem_table(&big.mem_table()),
+            Err(ClientError::Refused { .. })
+        ),
+        "a table over the limit must be refused"
+    );
+    let ram = GuestRam::new(0, RAM).unwrap();
+    front.set_mem_table(&ram.mem_table()).unwrap();
+    // One more region would go over the limit too.
+    let extra = vhost_backend::os::memfd::create("extra", 1 << 20).unwrap();
+    let region = vhost_backend::vhost_proto::wire::MemoryRegion {
+        guest_phys_addr: 16 << 20,
+        memory_size: 1 << 20,
+        user_addr: 0x7f10_0000_0000,
+        mmap_offset: 0,
+        xen: None,
+    };
+    assert!(matches!(
+        front.add_mem_reg(region, extra.as_fd()),
+        Err(ClientError::Refused { .. })
+    ));
+    let mut ring0 = ring(&ram, 0, features);
+    front.start_ring(&ring0, &ram).unwrap();
+    add_request(&mut ring0, &ram, 3);
+    ring0.kick().unwrap();
+    assert_eq!(ring0.collect(1, TIMEOUT).unwrap().len(), 1);
+    check_request(&ring0, &ram, 3);
+    drop(front);
+    server.finish();
+}
+
 /// An inflight buffer for more queues (or entries) than the device has is refused, not
 /// allocated.
 pub fn oversized_inflight_is_refused<R: Runner>() {
@@ -924,6 +994,11 @@ macro_rules! conformance_tests {
         #[test]
         fn oversized_inflight_is_refused() {
             c::oversized_inflight_is_refused::<$runner>();
+        }
+
+        #[test]
+        fn memory_limit_is_refused() {
+            c::memory_limit_is_refused::<$runner>();
         }
 
         #[test]
