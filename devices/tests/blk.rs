@@ -2,6 +2,8 @@
 //! over a socketpair, driven by our front-end (`Frontend` + `DriverRing` + `GuestRam`)
 //! through `devices::probe::blk::BlkClient`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! The programs as a user runs them: `vhost-user-blk`'s conventions (capabilities, exit
 //! codes, clear errors), `vhost-probe`'s modes against a running back-end, and the demo.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure
+
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

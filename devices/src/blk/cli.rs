@@ -1,5 +1,5 @@
 //! The `vhost-user-blk` program: QEMU's back-end program conventions
-//! (vhost-user.md §8) around a [`BlkDevice`](super::BlkDevice) served by the std runner.
+//! (vhost-user.md §8) around a [`BlkDevice`] served by the std runner.
 //!
 //! Exit status: 0 after a clean stop (SIGTERM, SIGINT, or the end of the `--fd`
 //! connection), 1 when the device cannot be set up or serving fails (a missing image, a

@@ -243,7 +243,7 @@ pub fn decode(
     match header.kind.get() {
         kind::IN => {
             let len = data_in;
-            if len % SECTOR_SIZE != 0 || len > limits.max_data {
+            if !len.is_multiple_of(SECTOR_SIZE) || len > limits.max_data {
                 return Err(Status::IoErr);
             }
             let offset = byte_range(sector, len, limits.capacity).ok_or(Status::IoErr)?;
@@ -254,7 +254,7 @@ pub fn decode(
                 return Err(Status::IoErr);
             }
             let len = data_out;
-            if len % SECTOR_SIZE != 0 || len > limits.max_data {
+            if !len.is_multiple_of(SECTOR_SIZE) || len > limits.max_data {
                 return Err(Status::IoErr);
             }
             let offset = byte_range(sector, len, limits.capacity).ok_or(Status::IoErr)?;
@@ -278,7 +278,7 @@ pub fn decode(
             if !offered {
                 return Err(Status::Unsupp);
             }
-            if data_out == 0 || data_out % SEGMENT_SIZE != 0 {
+            if data_out == 0 || !data_out.is_multiple_of(SEGMENT_SIZE) {
                 return Err(Status::IoErr);
             }
             let segments = data_out / SEGMENT_SIZE;

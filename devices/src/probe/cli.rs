@@ -421,10 +421,7 @@ pub fn run_blk(a: &BlkArgs, out: &mut dyn std::io::Write) -> Result<(), Error> {
         .ok()
         .filter(|b| b % 512 == 0 && *b > 0 && *b <= 1 << 20)
         .ok_or("--block-size must be a multiple of 512 up to 1M")?;
-    let serial = match c.get_id(0)? {
-        Ok(s) => Some(s),
-        Err(_) => None,
-    };
+    let serial = c.get_id(0)?.ok();
     let verified = blk::verify(&mut c, 0, a.verify_blocks, block_size, 0x5eed)?;
     if !a.json {
         writeln!(

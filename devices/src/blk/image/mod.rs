@@ -163,7 +163,7 @@ impl Image {
     /// An in-memory disk of `size` bytes (a whole number of sectors, at least one),
     /// zero-filled; its pages are allocated as they are written.
     pub fn memory(size: u64) -> Result<Image, ImageError> {
-        if size == 0 || size % crate::blk::request::SECTOR_SIZE != 0 {
+        if size == 0 || !size.is_multiple_of(crate::blk::request::SECTOR_SIZE) {
             return Err(ImageError::BadSize {
                 size,
                 reason: "not a positive multiple of 512",
