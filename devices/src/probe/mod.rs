@@ -1,0 +1,11 @@
+//! `vhost-probe`: a front-end that connects to any vhost-user back-end, prints what it
+//! offers and negotiates, and drives I/O through our driver rings.
+//!
+//! - [`names`]: feature bits by name;
+//! - [`blk`]: a virtio-blk driver ([`blk::BlkClient`]), the verified write/read pass and
+//!   the random I/O run;
+//! - [`cli`]: the program and its modes (`caps`, `blk`).
+
+pub mod blk;
+pub mod cli;
+pub mod names;
