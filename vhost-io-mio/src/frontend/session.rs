@@ -366,13 +366,10 @@ impl FrontendSession {
     }
 
     /// Queues a request through one of the core's typed helpers at time `now` (which
-    /// starts its reply deadline) and writes what the socket accepts:
+    /// starts its reply deadline) and writes what the socket accepts, e.g.
+    /// `session.request(now, |c, now| c.get_vring_base(now, 0))`.
     ///
-    /// ```ignore
-    /// let id = session.request(now, |c, now| c.get_vring_base(now, 0))?;
-    /// ```
-    ///
-    /// The completion is a [`FrontendEvent::Reply`] with `id` (or
+    /// The completion is a [`FrontendEvent::Reply`] with the returned id (or
     /// [`FrontendEvent::Nacked`]). A request the core refuses is
     /// [`FrontendError::NotSent`] and nothing changes.
     pub fn request(
