@@ -78,8 +78,9 @@ enum Phase {
 /// `vhost_virtqueue_start`): GET_FEATURES, GET_PROTOCOL_FEATURES,
 /// SET_PROTOCOL_FEATURES, GET_QUEUE_NUM (with MQ), SET_OWNER, SET_BACKEND_REQ_FD (when
 /// asked for and BACKEND_REQ is negotiated), SET_FEATURES, SET_MEM_TABLE, and for each
-/// ring SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_ERR, SET_VRING_KICK,
-/// SET_VRING_CALL, SET_VRING_ENABLE (when PROTOCOL_FEATURES is acked); then a
+/// ring SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_ERR, SET_VRING_CALL
+/// (QEMU sends it at device init, before any ring starts), SET_VRING_KICK,
+/// SET_VRING_ENABLE (when PROTOCOL_FEATURES is acked); then a
 /// GET_FEATURES round trip when REPLY_ACK is off, so that when the handshake is done the
 /// back-end has processed every request (a back-end that reads a kick before it
 /// processed SET_VRING_ENABLE would drop it).
@@ -304,15 +305,19 @@ impl Handshake {
                 addr: VringAddr { index, ..r.addr },
             }));
             // QEMU sends no SET_VRING_ERR at a start; it goes before the kick here, while
-            // the ring is not started yet.
+            // the ring is not started yet. SET_VRING_CALL goes before the kick as well:
+            // QEMU sends it for every ring at device init, before any start (and again
+            // after the kick, unmasking), and a back-end that takes the call fd it has
+            // when the ring starts (vhost-io-std's queue workers do) then signals the
+            // first completion to it.
             if let Some(err) = r.err {
                 ops.push_back(Op::Err(r.index, err));
             }
+            ops.push_back(Op::Call(r.index, r.call));
             ops.push_back(Op::Request(FrontendRequest::SetVringKick {
                 index: index8,
                 fd: Some(r.kick),
             }));
-            ops.push_back(Op::Call(r.index, r.call));
             if features.contains(VirtioFeatures::PROTOCOL_FEATURES) {
                 ops.push_back(Op::Request(FrontendRequest::SetVringEnable {
                     index,
