@@ -34,8 +34,10 @@ fn full_session(runner: Runner, packed: bool) {
         .session
         .request(Instant::now(), |c, now| c.get_vring_base(now, 0))
         .unwrap();
-    lp.until(|_, ev| Ok(matches!(ev, FrontendEvent::Reply { id: got, .. } if got == id).then_some(())))
-        .unwrap();
+    lp.until(|_, ev| {
+        Ok(matches!(ev, FrontendEvent::Reply { id: got, .. } if got == id).then_some(()))
+    })
+    .unwrap();
     // Dropped while registered: it deregisters itself.
     drop(lp);
     backend.finish();

@@ -21,9 +21,7 @@ use vhost_io_mio::frontend::{FrontendError, FrontendEvent, Handshake, Progress};
 use vhost_io_std::frontend::{DriverRing, GuestRam};
 use vhost_proto::backend::{DeviceDescription, Refused};
 use vhost_proto::frontend::Reply;
-use vhost_proto::wire::{
-    BackendRequest, FrontendReq, ProtocolFeatures, VirtioFeatures, VringBase,
-};
+use vhost_proto::wire::{BackendRequest, FrontendReq, ProtocolFeatures, VirtioFeatures, VringBase};
 
 const RAM: u64 = 4 << 20;
 
@@ -38,10 +36,7 @@ fn echo_case(runner: Runner, packed: bool, event_idx: bool, reply_ack: bool) {
     let mut rings: Vec<DriverRing> = (0..2)
         .map(|i| DriverRing::new(&ram, i, 64, f).unwrap())
         .collect();
-    let starts = rings
-        .iter()
-        .map(|r| ring_start(&ram, r, true))
-        .collect();
+    let starts = rings.iter().map(|r| ring_start(&ram, r, true)).collect();
     let mut hs = Handshake::new(f, protocol(reply_ack), memory(&ram), starts);
     let other = lp.handshake(&mut hs).unwrap();
     assert!(hs.is_done());
@@ -207,12 +202,13 @@ impl QueueHandler for ChattyQueue {
             q.complete(c, 0)?;
             any = true;
         }
-        if any && let Some(ch) = self.0.channel.lock().unwrap().as_mut() {
-            if ch.config_change().is_ok() {
-                self.0.acked.store(1, Ordering::SeqCst);
-                if ch.vring_call(0).is_ok() {
-                    self.0.acked.store(2, Ordering::SeqCst);
-                }
+        if any
+            && let Some(ch) = self.0.channel.lock().unwrap().as_mut()
+            && ch.config_change().is_ok()
+        {
+            self.0.acked.store(1, Ordering::SeqCst);
+            if ch.vring_call(0).is_ok() {
+                self.0.acked.store(2, Ordering::SeqCst);
             }
         }
         Ok(())
@@ -239,13 +235,8 @@ fn backend_channel_requests_are_delivered_and_answered() {
         | ProtocolFeatures::BACKEND_REQ
         | ProtocolFeatures::CONFIG
         | ProtocolFeatures::INBAND_NOTIFICATIONS;
-    let mut hs = Handshake::new(
-        f,
-        want,
-        memory(&ram),
-        vec![ring_start(&ram, &ring, true)],
-    )
-    .with_backend_channel();
+    let mut hs = Handshake::new(f, want, memory(&ram), vec![ring_start(&ram, &ring, true)])
+        .with_backend_channel();
     lp.handshake(&mut hs).unwrap();
     assert!(lp.session.has_backend_channel());
     assert!(lp.session.negotiated().has(want));
@@ -318,7 +309,8 @@ fn a_backend_that_stops_answering_times_out() {
     assert!(lp.session.is_closed());
     assert!(lp.session.poll_timeout().is_none());
     assert!(matches!(
-        lp.session.request(Instant::now(), |c, now| c.get_features(now)),
+        lp.session
+            .request(Instant::now(), |c, now| c.get_features(now)),
         Err(FrontendError::Closed)
     ));
     drop(lp);
@@ -373,22 +365,38 @@ fn a_backend_that_sends_garbage_is_a_protocol_error() {
             false,
         ),
         ("wrong payload size", reply(1, &[1, 2, 3]), false),
-        ("an fd with the reply", reply(1, &features.to_le_bytes()), true),
-        ("no reply flag", {
-            let mut v = reply(1, &features.to_le_bytes());
-            v[4] = 1;
-            v
-        }, false),
-        ("oversize", {
-            let mut v = reply(1, &features.to_le_bytes());
-            v[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-            v
-        }, false),
-        ("a second, unasked reply", {
-            let mut v = reply(1, &features.to_le_bytes());
-            v.extend(reply(1, &features.to_le_bytes()));
-            v
-        }, false),
+        (
+            "an fd with the reply",
+            reply(1, &features.to_le_bytes()),
+            true,
+        ),
+        (
+            "no reply flag",
+            {
+                let mut v = reply(1, &features.to_le_bytes());
+                v[4] = 1;
+                v
+            },
+            false,
+        ),
+        (
+            "oversize",
+            {
+                let mut v = reply(1, &features.to_le_bytes());
+                v[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+                v
+            },
+            false,
+        ),
+        (
+            "a second, unasked reply",
+            {
+                let mut v = reply(1, &features.to_le_bytes());
+                v.extend(reply(1, &features.to_le_bytes()));
+                v
+            },
+            false,
+        ),
     ];
     for (what, bytes, fd) in cases {
         let e = garbage(bytes, fd);
@@ -402,7 +410,10 @@ fn a_backend_that_sends_garbage_is_a_protocol_error() {
 fn a_backend_without_the_required_features_fails_the_handshake() {
     let (stream, peer) = peer(|mut s| {
         read_request(&mut s).unwrap();
-        write(&mut s, &reply(1, &VirtioFeatures::VERSION_1.bits().to_le_bytes()));
+        write(
+            &mut s,
+            &reply(1, &VirtioFeatures::VERSION_1.bits().to_le_bytes()),
+        );
         while read_request(&mut s).is_some() {}
     });
     let mut lp = Loop::new(stream, Token(0));
@@ -460,7 +471,13 @@ fn a_backend_that_nacks_fails_the_handshake_and_one_that_hangs_up_disconnects() 
     );
     let e = lp.handshake(&mut hs).unwrap_err();
     assert!(
-        matches!(e, FrontendError::NoSuchRing { index: 3, queues: 1 }),
+        matches!(
+            e,
+            FrontendError::NoSuchRing {
+                index: 3,
+                queues: 1
+            }
+        ),
         "{e:?}"
     );
     drop(lp);

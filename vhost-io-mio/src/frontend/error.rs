@@ -94,6 +94,9 @@ impl FrontendError {
     /// Whether the session is still usable after this error ([`NotSent`](Self::NotSent),
     /// [`NotRegistered`](Self::NotRegistered)).
     pub fn is_recoverable(&self) -> bool {
-        matches!(self, FrontendError::NotSent(_) | FrontendError::NotRegistered)
+        matches!(
+            self,
+            FrontendError::NotSent(_) | FrontendError::NotRegistered
+        )
     }
 }

@@ -13,8 +13,7 @@ use vhost_backend::os::eventfd::{Consumed, EventFd};
 use vhost_backend::os::socket::{recv_with_fds, send_with_fds};
 use vhost_proto::backend::Refused;
 use vhost_proto::frontend::{
-    Channel, ChannelEvent, ChannelToken, Connection, Event, LookupToken, Reply, RequestId,
-    Transmit,
+    Channel, ChannelEvent, ChannelToken, Connection, Event, LookupToken, Reply, RequestId, Transmit,
 };
 use vhost_proto::session::{ApiError, FatalError, Negotiated, Rejection};
 use vhost_proto::wire::{BackendRequest, FrontendReq, FrontendRequest, Uuid};
@@ -480,7 +479,10 @@ impl FrontendSession {
     /// before giving the ring up); they are closed here (the back-end keeps its copies).
     pub fn forget_ring(&mut self, index: u16) {
         if let (Some(mut ring), Some(reg)) = (self.rings.remove(&index), &self.registry) {
-            for w in [ring.call.as_mut(), ring.err.as_mut()].into_iter().flatten() {
+            for w in [ring.call.as_mut(), ring.err.as_mut()]
+                .into_iter()
+                .flatten()
+            {
                 deregister_fd(reg, w);
             }
         }
@@ -509,8 +511,12 @@ impl FrontendSession {
             out: Writer::default(),
         };
         if let (Some(reg), Some(token)) = (&self.registry, self.slot_token(&Slot::Channel)) {
-            reg.register(&mut ch.stream, token, Interest::READABLE | Interest::WRITABLE)
-                .map_err(|e| FrontendError::io("epoll_ctl", e))?;
+            reg.register(
+                &mut ch.stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| FrontendError::io("epoll_ctl", e))?;
         }
         self.channel = Some(ch);
         self.flush()?;
@@ -683,11 +689,10 @@ impl FrontendSession {
                 _ => continue,
             };
             match ev.into_reply() {
-                Ok((id, reply)) => self.events.push_back(FrontendEvent::Reply {
-                    id,
-                    request,
-                    reply,
-                }),
+                Ok((id, reply)) => {
+                    self.events
+                        .push_back(FrontendEvent::Reply { id, request, reply })
+                }
                 Err(_) => return Err(FrontendError::UnexpectedReply { request }),
             }
         }
@@ -765,7 +770,8 @@ impl FrontendSession {
         let r = self.drive_channel();
         if let Err(error) = r {
             self.drop_channel();
-            self.events.push_back(FrontendEvent::ChannelClosed { error });
+            self.events
+                .push_back(FrontendEvent::ChannelClosed { error });
         }
     }
 
@@ -785,11 +791,8 @@ impl FrontendSession {
             if budget == 0 {
                 if let (Some(reg), Some(token)) = (&self.registry, self.token) {
                     let t = Token(token.0 + 1);
-                    let _ = reg.reregister(
-                        &mut ch.stream,
-                        t,
-                        Interest::READABLE | Interest::WRITABLE,
-                    );
+                    let _ =
+                        reg.reregister(&mut ch.stream, t, Interest::READABLE | Interest::WRITABLE);
                 }
                 return Ok(());
             }
@@ -919,7 +922,10 @@ impl FrontendSession {
             let _ = registry.deregister(&mut ch.stream);
         }
         for ring in self.rings.values_mut() {
-            for w in [ring.call.as_mut(), ring.err.as_mut()].into_iter().flatten() {
+            for w in [ring.call.as_mut(), ring.err.as_mut()]
+                .into_iter()
+                .flatten()
+            {
                 deregister_fd(registry, w);
             }
         }

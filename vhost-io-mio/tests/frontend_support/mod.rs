@@ -83,16 +83,14 @@ impl Loop {
         hs.start(&mut self.session, Instant::now())?;
 
         let mut other = Vec::new();
-        self.until(
-            |s, ev| match hs.on_event(s, Instant::now(), ev)? {
-                Progress::Done => Ok(Some(())),
-                Progress::NotMine(ev) => {
-                    other.push(ev);
-                    Ok(None)
-                }
-                _ => Ok(None),
-            },
-        )?;
+        self.until(|s, ev| match hs.on_event(s, Instant::now(), ev)? {
+            Progress::Done => Ok(Some(())),
+            Progress::NotMine(ev) => {
+                other.push(ev);
+                Ok(None)
+            }
+            _ => Ok(None),
+        })?;
         Ok(other)
     }
 }
