@@ -536,3 +536,93 @@ fn the_handshake_passes_foreign_events_through() {
     drop(lp);
     backend.finish();
 }
+
+#[test]
+fn writes_the_socket_does_not_take_at_once_resume_with_fds_on_their_message() {
+    const CONFIGS: usize = 30;
+    let (stream, peer) = peer(|mut s| {
+        let offer = (VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES).bits();
+        assert_eq!(read_request(&mut s).unwrap().code, 1);
+        write(&mut s, &reply(1, &offer.to_le_bytes()));
+        assert_eq!(read_request(&mut s).unwrap().code, 15);
+        write(
+            &mut s,
+            &reply(15, &ProtocolFeatures::CONFIG.bits().to_le_bytes()),
+        );
+        // Let the front-end's socket fill up.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut codes = Vec::new();
+        let mut fds_on = Vec::new();
+        for _ in 0..2 + 2 * CONFIGS {
+            let mut hdr = [0u8; 12];
+            let mut got = 0;
+            let mut fds = Vec::new();
+            while got < 12 {
+                let n = vhost_backend::os::socket::recv_with_fds(&s, &mut hdr[got..], &mut fds)
+                    .unwrap();
+                assert!(n > 0);
+                got += n;
+            }
+            let code = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
+            let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap());
+            let mut payload = vec![0u8; size as usize];
+            std::io::Read::read_exact(&mut s, &mut payload).unwrap();
+            if !fds.is_empty() {
+                fds_on.push((code, fds.len()));
+            }
+            codes.push(code);
+        }
+        assert_eq!(codes[0], 16);
+        assert!(codes[1..=CONFIGS].iter().all(|&c| c == 25));
+        assert_eq!(codes[CONFIGS + 1], 13);
+        assert!(codes[CONFIGS + 2..].iter().all(|&c| c == 25));
+        assert_eq!(fds_on, [(13, 1)]);
+        while read_request(&mut s).is_some() {}
+    });
+    rustix::net::sockopt::set_socket_send_buffer_size(&stream, 4096).unwrap();
+    let mut lp = Loop::new(stream, Token(0));
+    let now = Instant::now();
+    for step in 0..2 {
+        let id = if step == 0 {
+            lp.session.request(now, |c, now| c.get_features(now))
+        } else {
+            lp.session
+                .request(now, |c, now| c.get_protocol_features(now))
+        }
+        .unwrap();
+        lp.until(|_, ev| {
+            Ok(matches!(ev, FrontendEvent::Reply { id: got, .. } if got == id).then_some(()))
+        })
+        .unwrap();
+    }
+    let send = |lp: &mut Loop| {
+        lp.session
+            .request(now, |c, now| {
+                c.set_config(
+                    now,
+                    0,
+                    vhost_proto::wire::ConfigFlags::Frontend,
+                    vec![7; 200],
+                )
+            })
+            .unwrap();
+    };
+    lp.session
+        .request(now, |c, now| {
+            c.set_protocol_features(now, ProtocolFeatures::CONFIG)
+        })
+        .unwrap();
+    (0..CONFIGS).for_each(|_| send(&mut lp));
+    lp.session
+        .set_vring_call(now, 0, EventFd::new(true).unwrap())
+        .unwrap();
+    (0..CONFIGS).for_each(|_| send(&mut lp));
+    assert!(!lp.session.is_idle(), "the socket took everything at once");
+    let give_up = Instant::now() + PATIENCE;
+    while !lp.session.is_idle() {
+        assert!(Instant::now() < give_up);
+        lp.turn(Duration::from_millis(50)).unwrap();
+    }
+    drop(lp);
+    peer.join().unwrap();
+}

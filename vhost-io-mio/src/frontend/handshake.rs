@@ -173,8 +173,10 @@ impl Handshake {
         now: Instant,
         event: FrontendEvent,
     ) -> Result<Progress, FrontendError> {
-        let (id, reply) = match event {
-            FrontendEvent::Reply { id, reply, .. } if self.waits_for(id) => (id, reply),
+        let (id, request, reply) = match event {
+            FrontendEvent::Reply { id, request, reply } if self.waits_for(id) => {
+                (id, request, reply)
+            }
             FrontendEvent::Nacked { id, request, value } if self.waits_for(id) => {
                 return Err(self.fail(session, FrontendError::Refused { id, request, value }));
             }
@@ -226,7 +228,6 @@ impl Handshake {
             // The ack of a request inside a batch.
             (Phase::Batch(_), Reply::Ack) => {}
             (_, _) => {
-                let request = vhost_proto::wire::FrontendReq::GetFeatures;
                 return Err(self.fail(session, FrontendError::UnexpectedReply { request }));
             }
         }

@@ -416,7 +416,8 @@ impl FrontendSession {
         index: u16,
         call: EventFd,
     ) -> Result<RequestId, FrontendError> {
-        self.notifier(now, index, call, false)
+        let r = self.notifier(now, index, call, false);
+        self.check(r)
     }
 
     /// SET_VRING_ERR for ring `index` with `err`, watched like
@@ -427,7 +428,8 @@ impl FrontendSession {
         index: u16,
         err: EventFd,
     ) -> Result<RequestId, FrontendError> {
-        self.notifier(now, index, err, true)
+        let r = self.notifier(now, index, err, true);
+        self.check(r)
     }
 
     fn notifier(
@@ -493,6 +495,11 @@ impl FrontendSession {
     /// answered with [`answer_backend`](Self::answer_backend)). A channel opened before is
     /// closed.
     pub fn open_backend_channel(&mut self, now: Instant) -> Result<RequestId, FrontendError> {
+        let r = self.channel_opened(now);
+        self.check(r)
+    }
+
+    fn channel_opened(&mut self, now: Instant) -> Result<RequestId, FrontendError> {
         if self.closed {
             return Err(FrontendError::Closed);
         }
@@ -635,6 +642,9 @@ impl FrontendSession {
                 }
                 budget -= 1;
                 let room = self.conn.input_room().min(READ_BUF);
+                if room == 0 {
+                    break;
+                }
                 let chunk = buf.get_mut(..room).unwrap_or_default();
                 match read_once(&self.stream, chunk)? {
                     Read::Got(n, fds) => {
@@ -700,7 +710,7 @@ impl FrontendSession {
     }
 
     /// Closes the session on a fatal error.
-    fn check(&mut self, r: Result<(), FrontendError>) -> Result<(), FrontendError> {
+    fn check<T>(&mut self, r: Result<T, FrontendError>) -> Result<T, FrontendError> {
         if let Err(e) = &r
             && !e.is_recoverable()
         {
