@@ -137,6 +137,19 @@ fn typed_requests_between_echoes_and_a_new_token() {
         })
         .unwrap();
     assert_eq!(data, vhost_backend::echo::CONFIG_MAGIC.to_le_bytes());
+    // The handshake ended with SET_STATUS DRIVER_OK (STATUS negotiated).
+    let st = lp.session.request(now, |c, now| c.get_status(now)).unwrap();
+    let status = lp
+        .until(|_, ev| match ev {
+            FrontendEvent::Reply {
+                id,
+                reply: Reply::Status(s),
+                ..
+            } if id == st => Ok(Some(s)),
+            other => panic!("unexpected {other:?}"),
+        })
+        .unwrap();
+    assert!(status.contains(vhost_proto::wire::DeviceStatus::DRIVER_OK));
     // A request the negotiation does not allow is refused before it is sent; the session
     // goes on.
     let e = lp

@@ -9,7 +9,7 @@ use vhost_backend::os::eventfd::EventFd;
 use vhost_proto::frontend::{Reply, RequestId};
 use vhost_proto::session::{ApiError, Negotiated};
 use vhost_proto::wire::{
-    FrontendRequest, ProtocolFeatures, RegionFd, VirtioFeatures, VringAddr, VringBase,
+    DeviceStatus, FrontendRequest, ProtocolFeatures, RegionFd, VirtioFeatures, VringAddr, VringBase,
 };
 
 use super::{FrontendError, FrontendEvent, FrontendSession, MAX_RINGS};
@@ -80,7 +80,8 @@ enum Phase {
 /// asked for and BACKEND_REQ is negotiated), SET_FEATURES, SET_MEM_TABLE, and for each
 /// ring SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_ERR, SET_VRING_CALL
 /// (QEMU sends it at device init, before any ring starts), SET_VRING_KICK,
-/// SET_VRING_ENABLE (when PROTOCOL_FEATURES is acked); then a
+/// SET_VRING_ENABLE (when PROTOCOL_FEATURES is acked), SET_STATUS with DRIVER_OK (when
+/// STATUS is negotiated); then a
 /// GET_FEATURES round trip when REPLY_ACK is off, so that when the handshake is done the
 /// back-end has processed every request (a back-end that reads a kick before it
 /// processed SET_VRING_ENABLE would drop it).
@@ -325,6 +326,14 @@ impl Handshake {
                     enable: true,
                 }));
             }
+        }
+        // QEMU's vhost_user_dev_start: the driver is ready.
+        if neg.has(ProtocolFeatures::STATUS) {
+            let status = DeviceStatus::ACKNOWLEDGE
+                | DeviceStatus::DRIVER
+                | DeviceStatus::FEATURES_OK
+                | DeviceStatus::DRIVER_OK;
+            ops.push_back(Op::Request(FrontendRequest::SetStatus { status }));
         }
     }
 
