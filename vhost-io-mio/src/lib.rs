@@ -70,6 +70,7 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod frontend;
 mod listener;
 mod rings;
 mod server;
