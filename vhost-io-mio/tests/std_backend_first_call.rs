@@ -44,7 +44,6 @@ fn first_call_arrives() -> bool {
 }
 
 #[test]
-#[ignore = "vhost-io-std back-end race: the first call after a ring start can be lost"]
 fn the_first_completion_after_a_ring_start_is_signalled() {
     let lost = (0..40).filter(|_| !first_call_arrives()).count();
     assert_eq!(lost, 0, "first call lost in {lost} of 40 runs");
