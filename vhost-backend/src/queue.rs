@@ -71,6 +71,13 @@ struct Anchor {
 /// chain is completed or dropped, even if the front-end replaces the memory table
 /// meanwhile. Dropping a chain without completing it is a device bug: its buffers never
 /// return to the driver (the ring keeps counting it in flight) and an error is logged.
+///
+/// **Addresses handed to the kernel.** A device may take the host addresses of a chain's
+/// buffers (the slices of [`Queue::reader`]/[`Queue::writer`]'s `next_slice`, e.g. as
+/// iovecs for io_uring) and use them until it completes the chain: they stay valid because
+/// (1) the chain keeps its memory mapped, and (2) the runtime never moves a queue onto new
+/// memory while any of its chains is in flight (memory changes quiesce the ring first), so
+/// the queue's [`memory`](Queue::memory) is the chain's for as long as the chain lives.
 #[derive(Debug)]
 #[must_use = "a chain must be completed with Queue::complete"]
 pub struct Chain {
