@@ -14,8 +14,8 @@ use std::sync::Arc;
 use mio::unix::pipe;
 use mio::{Events, Interest, Poll, Token};
 use vhost_backend::echo::Echo;
+use vhost_frontend::{DriverRing, Frontend, GuestRam};
 use vhost_io_mio::{Listener, MAX_TOKEN_SPAN, Session, Status};
-use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 use vring::memory::GuestSlice;
 

@@ -142,7 +142,7 @@ fn recv_exact(
 fn main() -> Result<(), Box<dyn Error>> {
     let (ours, theirs) = UnixStream::pair()?;
     let front = std::thread::spawn(move || -> Result<(), String> {
-        use vhost_io_std::frontend::{Frontend, GuestRam};
+        use vhost_frontend::{Frontend, GuestRam};
         let mut f = Frontend::from_stream(theirs).map_err(|e| e.to_string())?;
         let features = f.get_features().map_err(|e| e.to_string())?;
         let protocol = f.get_protocol_features().map_err(|e| e.to_string())?;

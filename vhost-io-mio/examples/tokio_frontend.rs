@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use vhost_backend::echo::Echo;
 use vhost_backend::os::socket::{recv_with_fds, send_with_fds};
-use vhost_io_std::frontend::{DriverRing, GuestRam};
+use vhost_frontend::{DriverRing, GuestRam};
 use vhost_proto::frontend::{Connection, Event, Reply, RequestId};
 use vhost_proto::session::ApiError;
 use vhost_proto::wire::{ProtocolFeatures, RegionFd, VirtioFeatures, VringBase};
@@ -99,9 +99,10 @@ impl Front {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    // The back-end: the std runner serving an echo device, in its own thread.
+    // The back-end: the mio runner serving an echo device, in its own thread.
     let (ours, theirs) = UnixStream::pair()?;
-    let backend = vhost_io_std::backend::Server::from_stream(theirs, Echo::new(1))?.spawn()?;
+    let backend = vhost_io_mio::Server::new(Echo::new(1))?.spawn()?;
+    backend.handle().add(theirs)?;
     ours.set_nonblocking(true)?;
     let mut f = Front {
         sock: async_fd(ours)?,
@@ -185,7 +186,7 @@ async fn main() -> Result<(), Error> {
         return Err(format!("ring stopped at {base:?}").into());
     }
     drop(f); // the back-end sees the hang-up and ends
-    backend.join()?;
+    backend.stop()?;
     println!("tokio front-end: handshake, echo and GET_VRING_BASE done");
     Ok(())
 }

@@ -47,7 +47,7 @@ struct Shared {
 /// use std::os::unix::net::UnixStream;
 /// use vhost_io_mio::Server;
 /// use vhost_backend::echo::Echo;
-/// use vhost_io_std::frontend::Frontend;
+/// use vhost_frontend::Frontend;
 /// use vhost_proto::wire::VirtioFeatures;
 ///
 /// let server = Server::new(Echo::new(1))?.spawn()?;

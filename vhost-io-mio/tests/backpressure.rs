@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use vhost_backend::echo::Echo;
 use vhost_backend::os::socket::recv_with_fds;
+use vhost_frontend::Frontend;
 use vhost_io_mio::Server;
-use vhost_io_std::frontend::Frontend;
 use vhost_proto::wire::{
     DecodeContext, FrontendRequest, InflightDesc, ProtocolFeatures, VirtioFeatures,
 };

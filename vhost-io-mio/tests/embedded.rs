@@ -14,8 +14,8 @@ use std::time::Duration;
 use common::*;
 use mio::{Events, Interest, Poll, Token};
 use vhost_backend::echo::Echo;
+use vhost_frontend::{Frontend, GuestRam};
 use vhost_io_mio::{Session, Status};
-use vhost_io_std::frontend::{Frontend, GuestRam};
 
 enum Step {
     /// The front-end wants the session deregistered now.

@@ -14,8 +14,8 @@ use common::*;
 use vhost_backend::echo::Echo;
 use vhost_backend::os::memfd;
 use vhost_backend::os::socket::send_all_with_fds;
+use vhost_frontend::{Frontend, GuestRam};
 use vhost_io_mio::{Error, Handle, Server, Session};
-use vhost_io_std::frontend::{Frontend, GuestRam};
 use vhost_proto::wire::{DecodeContext, FrontendRequest};
 
 fn wait_sessions(handle: &Handle, n: usize) {

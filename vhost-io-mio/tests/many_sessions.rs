@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{TIMEOUT, handshake, open_fds, ring_features};
 use vhost_backend::echo::Echo;
+use vhost_frontend::{DriverRing, Frontend, GuestRam};
 use vhost_io_mio::Server;
-use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vring::memory::GuestSlice;
 
 const SESSIONS: usize = 1000;

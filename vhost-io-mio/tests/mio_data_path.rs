@@ -17,8 +17,8 @@ use common::*;
 use scenarios::EchoBackend;
 use vhost_backend::QueueError;
 use vhost_backend::echo::Echo;
+use vhost_frontend::{Frontend, GuestRam};
 use vhost_io_mio::{Server, ServerHandle};
-use vhost_io_std::frontend::{Frontend, GuestRam};
 
 impl EchoBackend for ServerHandle {
     fn start(queues: u16) -> (Frontend, Self) {

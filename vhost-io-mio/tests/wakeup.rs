@@ -16,8 +16,8 @@ use common::*;
 use vhost_backend::QueueError;
 use vhost_backend::os::eventfd::EventFd;
 use vhost_backend::{Device, Queue};
+use vhost_frontend::{Frontend, GuestRam};
 use vhost_io_mio::Server;
-use vhost_io_std::frontend::{Frontend, GuestRam};
 use vhost_proto::backend::DeviceDescription;
 use vhost_proto::wire::ProtocolFeatures;
 

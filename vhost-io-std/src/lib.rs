@@ -18,8 +18,11 @@
 
 pub mod backend;
 mod error;
-pub mod frontend;
 
-pub use error::{ClientError, ServeError};
+pub use error::ServeError;
 pub use vhost_backend::os;
 pub use vhost_backend::{ChannelError, OsError};
+/// The front-end toolkit (`vhost-frontend`): the blocking client, guest RAM, driver
+/// rings, the back-end channel's front-end end.
+pub use vhost_frontend as frontend;
+pub use vhost_frontend::ClientError;

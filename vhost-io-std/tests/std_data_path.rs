@@ -14,6 +14,16 @@ use vhost_io_std::backend::ServerHandle;
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::wire::VringBase;
 
+fn echo_pair(queues: u16) -> (Frontend, ServerHandle) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let server =
+        vhost_io_std::backend::Server::from_stream(b, vhost_backend::echo::Echo::new(queues))
+            .unwrap()
+            .spawn()
+            .unwrap();
+    (Frontend::from_stream(a).unwrap(), server)
+}
+
 impl EchoBackend for ServerHandle {
     fn start(queues: u16) -> (Frontend, Self) {
         echo_pair(queues)

@@ -35,12 +35,14 @@
 //! use vhost_backend::echo::Echo;
 //! use vhost_backend::os::eventfd::EventFd;
 //! use vhost_io_mio::frontend::{FrontendEvent, FrontendSession, Handshake, Progress, RingStart};
-//! use vhost_io_std::frontend::{DriverRing, GuestRam};
+//! use vhost_frontend::{DriverRing, GuestRam};
 //! use vhost_proto::wire::{ProtocolFeatures, RegionFd, VirtioFeatures};
 //!
-//! // The back-end: the std runner serving an echo device on a socketpair.
+//! // The back-end: the mio runner serving an echo device on a socketpair, in its own
+//! // thread.
 //! let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-//! let backend = vhost_io_std::backend::Server::from_stream(theirs, Echo::new(1))?.spawn()?;
+//! let backend = vhost_io_mio::Server::new(Echo::new(1))?.spawn()?;
+//! backend.handle().add(theirs)?;
 //!
 //! // Guest memory and a ring laid out in it for the features we will ack.
 //! let features = VirtioFeatures::VERSION_1;
@@ -99,7 +101,7 @@
 //!
 //! poll.registry().deregister(&mut session)?;
 //! drop(session); // the back-end sees the hang-up and ends
-//! backend.join()?;
+//! backend.stop()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -1,12 +1,9 @@
 //! Shared pieces of the std binding's integration tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use vhost_backend::echo::Echo;
-use vhost_io_std::backend::{Server, ServerHandle};
-use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
+use vhost_frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,15 +38,6 @@ impl Drop for TestDir {
 /// Guest RAM layout of the tests: rings from 0, buffers from BUFS.
 pub const RAM: u64 = 4 << 20;
 pub const BUFS: u64 = 1 << 20;
-
-pub fn echo_pair(queues: u16) -> (Frontend, ServerHandle) {
-    let (a, b) = UnixStream::pair().unwrap();
-    let server = Server::from_stream(b, Echo::new(queues))
-        .unwrap()
-        .spawn()
-        .unwrap();
-    (Frontend::from_stream(a).unwrap(), server)
-}
 
 /// The whole start-up: features, protocol features (REPLY_ACK and more),
 /// owner, memory table.

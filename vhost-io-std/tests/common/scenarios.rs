@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use crate::common::*;
-use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
+use vhost_frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::wire::{DeviceStatus, VringBase};
 
 /// How a binding serves the echo device to one front-end.

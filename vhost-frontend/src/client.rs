@@ -21,7 +21,7 @@ use vhost_proto::wire::{
 };
 
 use crate::ClientError;
-use crate::os::socket::{recv_with_fds, send_all_with_fds};
+use vhost_backend::os::socket::{recv_with_fds, send_all_with_fds};
 
 use super::channel::FrontendChannel;
 /// How long a [`Frontend`] waits for a reply unless told otherwise (the
@@ -41,7 +41,7 @@ pub const DEFAULT_REPLY_TIMEOUT: Duration = vhost_proto::frontend::DEFAULT_REPLY
 /// use std::sync::Arc;
 /// use vhost_backend::{Device, Queue, QueueHandler, handler_fn};
 /// use vhost_io_std::backend::Server;
-/// use vhost_io_std::frontend::Frontend;
+/// use vhost_frontend::Frontend;
 /// use vhost_proto::backend::{DeviceDescription, Refused};
 /// use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 ///

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use vhost_proto::wire::InflightDesc;
 
-use crate::{ClientError, OsError};
+use crate::ClientError;
+use vhost_backend::OsError;
 
 use super::{DriverRing, Frontend, GuestRam};
 

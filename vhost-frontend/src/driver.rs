@@ -9,7 +9,7 @@ use vhost_proto::session::Negotiated;
 use vhost_proto::wire::{VirtioFeatures, VringBase};
 
 use crate::ClientError;
-use crate::os::eventfd::EventFd;
+use vhost_backend::os::eventfd::EventFd;
 
 use super::memory::{packed_ring_len, split_ring_len};
 use super::{GuestRam, Memory};
@@ -34,7 +34,7 @@ pub fn ring_features(features: VirtioFeatures) -> vring::RingFeatures {
 /// [`Frontend::start_ring`](super::Frontend::start_ring).
 ///
 /// ```
-/// use vhost_io_std::frontend::{DriverRing, GuestRam};
+/// use vhost_frontend::{DriverRing, GuestRam};
 /// use vhost_proto::wire::VirtioFeatures;
 ///
 /// let ram = GuestRam::new(0, 1 << 20)?;
@@ -378,7 +378,7 @@ impl DriverRing {
 }
 
 fn os_err(op: &'static str, e: std::io::Error) -> ClientError {
-    ClientError::Os(crate::OsError::io(op, e))
+    ClientError::Os(vhost_backend::OsError::io(op, e))
 }
 
 #[cfg(test)]

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use vhost_proto::wire::{MemoryRegion, VringAddr, VringAddrFlags};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::os::memfd;
-use crate::os::mmap::{MappedRegion, MemoryMap, RegionLayout};
-use crate::{ClientError, OsError};
+use crate::ClientError;
+use vhost_backend::OsError;
+use vhost_backend::os::memfd;
+use vhost_backend::os::mmap::{MappedRegion, MemoryMap, RegionLayout};
 
 #[derive(Debug)]
 struct RamRegion {
@@ -30,7 +31,7 @@ struct RamRegion {
 /// range laid out by hand out of its reach.
 ///
 /// ```
-/// use vhost_io_std::frontend::GuestRam;
+/// use vhost_frontend::GuestRam;
 ///
 /// let ram = GuestRam::with_regions(&[(0, 1 << 16), (1 << 20, 1 << 16)])?;
 /// assert_eq!(ram.mem_table().len(), 2);

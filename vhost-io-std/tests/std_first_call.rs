@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use vhost_backend::echo::Echo;
-use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
+use vhost_frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 
 fn first_call_arrives() -> bool {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use frontend_support::*;
 use mio::Token;
 use vhost_backend::os::eventfd::EventFd;
+use vhost_frontend::{DriverRing, GuestRam};
 use vhost_io_mio::frontend::{FrontendError, FrontendEvent, Handshake};
-use vhost_io_std::frontend::{DriverRing, GuestRam};
 use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 
 fn full_session(runner: Runner, packed: bool) {

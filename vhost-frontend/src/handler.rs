@@ -12,7 +12,7 @@ use vhost_proto::frontend::{HostNotifier, MappingError, Mappings};
 use vhost_proto::session::Rejection;
 use vhost_proto::wire::{BackendReq, BackendRequest, IotlbMsg, IotlbType, ShmemMap, Uuid};
 
-use crate::ChannelError;
+use vhost_backend::ChannelError;
 
 use super::channel::{BackendMessage, FrontendChannel};
 

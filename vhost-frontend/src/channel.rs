@@ -12,8 +12,8 @@ use vhost_proto::frontend::{Channel, ChannelEvent, ChannelToken, LookupToken, Ma
 use vhost_proto::session::{Negotiated, Rejection, Rule};
 use vhost_proto::wire::{BackendRequest, Uuid};
 
-use crate::ChannelError;
-use crate::os::socket::{recv_with_fds, send_all_with_fds};
+use vhost_backend::ChannelError;
+use vhost_backend::os::socket::{recv_with_fds, send_all_with_fds};
 
 /// Bytes read per `recvmsg` (the largest back-end request is 52 bytes; a
 /// few may come in one read).
