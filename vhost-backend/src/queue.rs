@@ -362,19 +362,21 @@ impl Queue {
 
     /// Completes `chain` with `len` bytes written into it (made visible by the next
     /// publish, which the runner does after each handler call). A chain of another queue,
-    /// or of an earlier start of this ring, is refused (and consumed: its buffers belong
-    /// to a ring that is gone).
+    /// or of an earlier start of this ring, is refused and counts as dropped on the queue
+    /// it came from (which can then still stop).
     pub fn complete(&mut self, chain: Chain, len: u32) -> Result<(), QueueError> {
         let (index, epoch) = (chain.anchor.index, chain.anchor.epoch);
         if index != self.index() {
-            chain.consume();
+            // Dropped, not consumed: its own queue counts it as dropped, so that queue
+            // can still quiesce (it will never see this chain completed).
+            drop(chain);
             return Err(QueueError::WrongQueue {
                 chain: index,
                 queue: self.index(),
             });
         }
         if epoch != self.anchor.epoch {
-            chain.consume();
+            drop(chain);
             return Err(QueueError::StaleChain { queue: index });
         }
         let inner = chain.consume();
