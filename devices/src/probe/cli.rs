@@ -15,6 +15,7 @@ use vhost_backend::vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 use vhost_io_std::frontend::Frontend;
 
 use super::blk::{self, BlkClient, ClientOptions, Error, IoParams, IoReport, Verified};
+use super::check;
 use super::names::{DeviceKind, feature_name, feature_names, protocol_names};
 use crate::blk::config::BlkConfig;
 use crate::size::{format_size, parse_size};
@@ -46,6 +47,35 @@ pub enum Mode {
     /// disk's first blocks and anywhere during random writes (use --read-percent 100 on
     /// a disk whose data matters; a read-only disk is only read).
     Blk(BlkArgs),
+    /// Conformance run against any back-end: malformed and out-of-order requests, a
+    /// fresh connection per case; how it answered each and whether it survived.
+    Check(CheckArgs),
+}
+
+/// `check` options.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The back-end's vhost-user socket.
+    #[arg(long, value_name = "PATH", required_unless_present = "list")]
+    pub socket: Option<PathBuf>,
+    /// The back-end's process: check it stays alive and its fd count does not grow.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 1.0)]
+    pub timeout: f64,
+    /// Run only this case (repeatable).
+    #[arg(long = "case", value_name = "NAME")]
+    pub cases: Vec<String>,
+    /// Skip this case (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub skip: Vec<String>,
+    /// List the cases and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `caps` options.
@@ -129,6 +159,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let r = match &args.mode {
         Mode::Caps(a) => caps(a).map(|s| print!("{s}")),
         Mode::Blk(a) => run_blk(a, &mut std::io::stdout()),
+        Mode::Check(a) => run_check(a, &mut std::io::stdout()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,6 +167,42 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             eprintln!("vhost-probe: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Runs the `check` mode, writing the table (or JSON) to `out`; an error when a case
+/// did not survive.
+pub fn run_check(a: &CheckArgs, out: &mut dyn std::io::Write) -> Result<(), Error> {
+    if a.list {
+        write!(out, "{}", check::list())?;
+        return Ok(());
+    }
+    let socket = a.socket.clone().ok_or("--socket is required")?;
+    if !(a.timeout > 0.0 && a.timeout <= 600.0) {
+        return Err("--timeout must be in (0, 600] seconds".into());
+    }
+    let report = check::run(&check::CheckOptions {
+        socket,
+        pid: a.pid,
+        timeout: Duration::from_secs_f64(a.timeout),
+        only: a.cases.clone(),
+        skip: a.skip.clone(),
+    })?;
+    if a.json {
+        write!(out, "{}", report.json())?;
+    } else {
+        write!(out, "{}", report.text())?;
+    }
+    let failed: Vec<&str> = report
+        .cases
+        .iter()
+        .filter(|c| !c.ok())
+        .map(|c| c.name)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the back-end did not survive: {}", failed.join(", ")).into())
     }
 }
 
