@@ -15,8 +15,8 @@ use vhost_backend::vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 use vhost_io_std::frontend::Frontend;
 
 use super::blk::{self, BlkClient, ClientOptions, Error, IoParams, IoReport, Verified};
-use super::check;
 use super::names::{DeviceKind, feature_name, feature_names, protocol_names};
+use super::{check, simple};
 use crate::blk::config::BlkConfig;
 use crate::size::{format_size, parse_size};
 
@@ -25,7 +25,7 @@ use crate::size::{format_size, parse_size};
 #[command(
     name = "vhost-probe",
     version,
-    about = "A vhost-user front-end that probes back-ends: what they offer, and block I/O",
+    about = "A vhost-user front-end that probes back-ends: what they offer, block I/O, entropy, a virtio-fs file, and a conformance check",
     after_help = "Exit status: 0 when every check passed, 1 on a failure, 2 for a bad command line."
 )]
 pub struct Args {
@@ -50,6 +50,45 @@ pub enum Mode {
     /// Conformance run against any back-end: malformed and out-of-order requests, a
     /// fresh connection per case; how it answered each and whether it survived.
     Check(CheckArgs),
+    /// Read entropy from a virtio-rng back-end (device type 4, one queue).
+    Rng(RngArgs),
+    /// Read a file from a virtio-fs back-end: FUSE_INIT, LOOKUP, OPEN, READ, RELEASE
+    /// through the request queue (queue 1; queue 0 is hiprio).
+    Fs(FsArgs),
+}
+
+/// `rng` options.
+#[derive(Debug, clap::Args)]
+pub struct RngArgs {
+    /// The back-end's vhost-user socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Bytes of entropy to read, e.g. 64 or 4K.
+    #[arg(long, default_value = "64", value_parser = parse_size)]
+    pub bytes: u64,
+    /// Largest writable buffer per request.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1048576))]
+    pub chunk: u32,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `fs` options.
+#[derive(Debug, clap::Args)]
+pub struct FsArgs {
+    /// The back-end's vhost-user socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The file to read, by name in the shared directory's root.
+    #[arg(long, value_name = "NAME")]
+    pub file: String,
+    /// Read at most this many bytes, e.g. 1M.
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    pub max_bytes: u64,
+    /// Print JSON (content in hex) instead of the content.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `check` options.
@@ -160,6 +199,8 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Mode::Caps(a) => caps(a).map(|s| print!("{s}")),
         Mode::Blk(a) => run_blk(a, &mut std::io::stdout()),
         Mode::Check(a) => run_check(a, &mut std::io::stdout()),
+        Mode::Rng(a) => run_rng(a, &mut std::io::stdout()),
+        Mode::Fs(a) => run_fs(a, &mut std::io::stdout()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +209,70 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Runs the `rng` mode.
+pub fn run_rng(a: &RngArgs, out: &mut dyn std::io::Write) -> Result<(), Error> {
+    if a.bytes == 0 || a.bytes > 64 << 20 {
+        return Err("--bytes must be in 1..=64M".into());
+    }
+    let front = connect(&a.socket)?;
+    let e = simple::read_entropy(front, a.bytes as usize, a.chunk)?;
+    let hex: String = e.bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if a.json {
+        writeln!(
+            out,
+            "{{\"socket\": {}, \"bytes\": {}, \"requests\": {}, \"hex\": \"{hex}\"}}",
+            json_str(&a.socket.display().to_string()),
+            e.bytes.len(),
+            e.requests
+        )?;
+    } else {
+        writeln!(
+            out,
+            "entropy: {} bytes in {} requests from {}",
+            e.bytes.len(),
+            e.requests,
+            a.socket.display()
+        )?;
+        write!(out, "{}", simple::hex_lines(&e.bytes))?;
+    }
+    Ok(())
+}
+
+/// Runs the `fs` mode.
+pub fn run_fs(a: &FsArgs, out: &mut dyn std::io::Write) -> Result<(), Error> {
+    if a.file.is_empty() || a.file.contains('/') || a.file.contains('\0') {
+        return Err("--file must be a name in the root directory".into());
+    }
+    let front = connect(&a.socket)?;
+    let r = simple::read_file(front, &a.file, a.max_bytes)?;
+    if a.json {
+        let hex: String = r.data.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(
+            out,
+            "{{\"socket\": {}, \"fuse\": \"{}.{}\", \"file\": {}, \"nodeid\": {}, \"size\": {}, \"read\": {}, \"hex\": \"{hex}\"}}",
+            json_str(&a.socket.display().to_string()),
+            r.version.0,
+            r.version.1,
+            json_str(&a.file),
+            r.nodeid,
+            r.size,
+            r.data.len()
+        )?;
+    } else {
+        out.write_all(&r.data)?;
+    }
+    eprintln!(
+        "vhost-probe fs: FUSE {}.{}, {} (node {}, {} bytes), read {} bytes",
+        r.version.0,
+        r.version.1,
+        a.file,
+        r.nodeid,
+        r.size,
+        r.data.len()
+    );
+    Ok(())
 }
 
 /// Runs the `check` mode, writing the table (or JSON) to `out`; an error when a case
