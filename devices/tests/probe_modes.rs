@@ -67,7 +67,7 @@ impl QueueHandler for RngQueue {
     fn process(&mut self, q: &mut Queue) -> Result<(), QueueError> {
         while let Some(chain) = q.pop()? {
             let room = q.lengths(&chain)?.writable;
-            let n = u64::from(room).min(100);
+            let n = room.min(100);
             let start = self.0.fetch_add(n, Ordering::Relaxed);
             let bytes: Vec<u8> = (start..start + n).map(rng_byte).collect();
             let mut w = q.writer(&chain);

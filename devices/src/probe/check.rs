@@ -1004,9 +1004,9 @@ impl CheckReport {
     /// The JSON object: one case object a line in `"cases"`.
     pub fn json(&self) -> String {
         let mut o = String::new();
-        let _ = write!(
+        let _ = writeln!(
             o,
-            "{{\"socket\": {}, \"pid\": {}, \"baseline_fds\": {}, \"seconds\": {:.3}, \"ok\": {}, \"cases\": [\n",
+            "{{\"socket\": {}, \"pid\": {}, \"baseline_fds\": {}, \"seconds\": {:.3}, \"ok\": {}, \"cases\": [",
             json_str(&self.socket.display().to_string()),
             self.pid.map_or_else(|| "null".into(), |p| p.to_string()),
             self.baseline_fds
@@ -1016,9 +1016,9 @@ impl CheckReport {
         );
         let opt_bool = |v: Option<bool>| v.map_or_else(|| "null".into(), |b| b.to_string());
         for (i, c) in self.cases.iter().enumerate() {
-            let _ = write!(
+            let _ = writeln!(
                 o,
-                "{{\"name\": {}, \"what\": {}, \"answer\": {}, \"answer_kind\": \"{}\", \"kept\": {}, \"survived\": {}, \"alive\": {}, \"fds\": {}, \"fd_growth\": {}}}{}\n",
+                "{{\"name\": {}, \"what\": {}, \"answer\": {}, \"answer_kind\": \"{}\", \"kept\": {}, \"survived\": {}, \"alive\": {}, \"fds\": {}, \"fd_growth\": {}}}{}",
                 json_str(c.name),
                 json_str(c.what),
                 json_str(&c.answer.text()),
