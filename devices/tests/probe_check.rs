@@ -124,7 +124,7 @@ fn check_against_our_blk_backend_every_case_survives() {
         .unwrap();
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{table}");
-    assert!(table.contains("2 cases, 2 survived, 0 failed"), "{table}");
+    assert!(table.contains("2 cases, 2 ok, 0 failed"), "{table}");
     eprintln!(
         "check against vhost-user-blk: {:.1} s",
         t.elapsed().as_secs_f64()

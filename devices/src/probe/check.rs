@@ -967,7 +967,7 @@ impl CheckReport {
         let _ = writeln!(o, "== vhost-probe check: {} ==", self.socket.display());
         let _ = writeln!(
             o,
-            "{:<28} {:<28} {:<6} {:<9} {:<6} fds",
+            "{:<28} {:<36} {:<6} {:<9} {:<6} fds",
             "case", "answer", "kept", "survived", "alive"
         );
         let yn = |v: bool| if v { "yes" } else { "NO" };
@@ -979,7 +979,7 @@ impl CheckReport {
             };
             let _ = writeln!(
                 o,
-                "{:<28} {:<28} {:<6} {:<9} {:<6} {}",
+                "{:<28} {:<36} {:<6} {:<9} {:<6} {}",
                 c.name,
                 c.answer.text(),
                 c.kept.map_or("-", yn),
@@ -991,7 +991,7 @@ impl CheckReport {
         let bad = self.cases.iter().filter(|c| !c.ok()).count();
         let _ = writeln!(
             o,
-            "{} cases, {} survived, {bad} failed, baseline fds {}, {:.1} s",
+            "{} cases, {} ok, {bad} failed (not survived, died or fds grew), baseline fds {}, {:.1} s",
             self.cases.len(),
             self.cases.len() - bad,
             self.baseline_fds
