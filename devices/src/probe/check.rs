@@ -173,6 +173,8 @@ type CaseFn = fn(&mut Conn, &Info) -> Result<Expect, Setup>;
 pub struct Case {
     /// Its name (`--case NAME`).
     pub name: &'static str,
+    /// The request code of the case's message (what an answer is classified against).
+    pub code: u32,
     /// What it sends.
     pub what: &'static str,
     /// Its prefix.
@@ -503,6 +505,7 @@ fn regular_file() -> io::Result<File> {
 pub const CASES: &[Case] = &[
     Case {
         name: "version-0",
+        code: code::GET_FEATURES,
         what: "GET_FEATURES with version bits 0",
         stage: Stage::Fresh,
         run: |c, _| {
@@ -512,6 +515,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "version-2",
+        code: code::GET_FEATURES,
         what: "GET_FEATURES with version bits 2",
         stage: Stage::Fresh,
         run: |c, _| {
@@ -521,6 +525,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "reserved-flag",
+        code: code::GET_FEATURES,
         what: "GET_FEATURES with reserved flag bit 8",
         stage: Stage::Fresh,
         run: |c, _| {
@@ -530,6 +535,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "reply-flag",
+        code: code::GET_FEATURES,
         what: "GET_FEATURES with the REPLY flag set",
         stage: Stage::Fresh,
         run: |c, _| {
@@ -539,6 +545,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "get-features-payload",
+        code: code::GET_FEATURES,
         what: "GET_FEATURES with an 8-byte payload",
         stage: Stage::Fresh,
         run: |c, _| {
@@ -548,6 +555,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "oversize-payload",
+        code: code::SET_VRING_NUM,
         what: "SET_VRING_NUM with a 300-byte payload",
         stage: Stage::Owner,
         run: |c, i| {
@@ -559,6 +567,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "oversize-header",
+        code: code::GET_FEATURES,
         what: "GET_FEATURES whose header says 65536 payload bytes, none sent",
         stage: Stage::Fresh,
         run: |c, _| {
@@ -568,6 +577,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "unexpected-fd",
+        code: code::GET_FEATURES,
         what: "GET_FEATURES carrying an fd",
         stage: Stage::Fresh,
         run: |c, _| {
@@ -578,6 +588,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "unknown-code",
+        code: code::UNKNOWN,
         what: "request 99 without NEED_REPLY",
         stage: Stage::Owner,
         run: |c, _| {
@@ -587,6 +598,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "unknown-code-need-reply",
+        code: code::UNKNOWN,
         what: "request 99 with NEED_REPLY",
         stage: Stage::Owner,
         run: |c, _| {
@@ -596,6 +608,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "vring-num-before-owner",
+        code: code::SET_VRING_NUM,
         what: "SET_VRING_NUM before SET_OWNER (NEED_REPLY with REPLY_ACK)",
         stage: Stage::Protocol,
         run: |c, i| {
@@ -610,6 +623,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "set-owner-twice",
+        code: code::SET_OWNER,
         what: "a second SET_OWNER",
         stage: Stage::Owner,
         run: |c, i| {
@@ -619,6 +633,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "vring-num-out-of-range",
+        code: code::SET_VRING_NUM,
         what: "SET_VRING_NUM for ring 200",
         stage: Stage::Owner,
         run: |c, i| {
@@ -633,6 +648,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "vring-num-huge",
+        code: code::SET_VRING_NUM,
         what: "SET_VRING_NUM 65535 (not a power of 2, over 32768) for ring 0",
         stage: Stage::Owner,
         run: |c, i| {
@@ -642,6 +658,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "get-vring-base-out-of-range",
+        code: code::GET_VRING_BASE,
         what: "GET_VRING_BASE for ring 200",
         stage: Stage::Owner,
         run: |c, _| {
@@ -651,6 +668,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "vring-enable-out-of-range",
+        code: code::SET_VRING_ENABLE,
         what: "SET_VRING_ENABLE(1) for ring 200",
         stage: Stage::Owner,
         run: |c, i| {
@@ -660,6 +678,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "get-config-beyond",
+        code: code::GET_CONFIG,
         what: "GET_CONFIG offset 256 size 8 (past any config space)",
         stage: Stage::Owner,
         run: |c, _| {
@@ -673,6 +692,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "get-config-oversize",
+        code: code::GET_CONFIG,
         what: "GET_CONFIG offset 0 size 4097 (over the 4096 maximum)",
         stage: Stage::Owner,
         run: |c, _| {
@@ -686,6 +706,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "get-config-size-mismatch",
+        code: code::GET_CONFIG,
         what: "GET_CONFIG claiming 60 bytes but carrying 8",
         stage: Stage::Owner,
         run: |c, _| {
@@ -699,6 +720,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "set-features-unoffered",
+        code: code::SET_FEATURES,
         what: "SET_FEATURES with every offered bit and one not offered",
         stage: Stage::Owner,
         run: |c, i| {
@@ -718,6 +740,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "set-features-short",
+        code: code::SET_FEATURES,
         what: "SET_FEATURES with a 4-byte payload",
         stage: Stage::Owner,
         run: |c, i| {
@@ -727,6 +750,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "protocol-features-unoffered",
+        code: code::SET_PROTOCOL_FEATURES,
         what: "SET_PROTOCOL_FEATURES with bit 63 (never offered) and NEED_REPLY",
         stage: Stage::Protocol,
         run: |c, i| {
@@ -737,6 +761,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "mem-table-no-fd",
+        code: code::SET_MEM_TABLE,
         what: "SET_MEM_TABLE with 1 region and no fd",
         stage: Stage::Owner,
         run: |c, i| {
@@ -746,6 +771,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "mem-table-fd-count",
+        code: code::SET_MEM_TABLE,
         what: "SET_MEM_TABLE with 2 regions and 1 fd",
         stage: Stage::Owner,
         run: |c, i| {
@@ -762,6 +788,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "mem-table-bad-region",
+        code: code::SET_MEM_TABLE,
         what: "SET_MEM_TABLE with a region of size 2^63 at guest address 2^64 - 4096",
         stage: Stage::Owner,
         run: |c, i| {
@@ -774,6 +801,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "mem-table-beyond-fd",
+        code: code::SET_MEM_TABLE,
         what: "SET_MEM_TABLE with a 1 MiB region at offset 1 GiB of a 1 MiB memfd",
         stage: Stage::Owner,
         run: |c, i| {
@@ -786,6 +814,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "vring-addr-outside-memory",
+        code: code::SET_VRING_ADDR,
         what: "SET_VRING_ADDR for ring 0 with rings outside guest memory",
         stage: Stage::Ring,
         run: |c, i| {
@@ -801,6 +830,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "kick-regular-file",
+        code: code::SET_VRING_KICK,
         what: "SET_VRING_KICK for a configured ring 0 with a regular file, then SET_VRING_ENABLE(1)",
         stage: Stage::Ring,
         run: |c, i| {
@@ -818,6 +848,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "kick-no-fd",
+        code: code::SET_VRING_KICK,
         what: "SET_VRING_KICK for ring 0 without fd and without the nofd bit",
         stage: Stage::Ring,
         run: |c, i| {
@@ -827,6 +858,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "kick-two-fds",
+        code: code::SET_VRING_KICK,
         what: "SET_VRING_KICK for ring 0 with 2 fds",
         stage: Stage::Ring,
         run: |c, i| {
@@ -842,6 +874,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "inflight-huge",
+        code: code::GET_INFLIGHT_FD,
         what: "GET_INFLIGHT_FD for 65535 queues of 32768 entries (only with INFLIGHT_SHMFD offered)",
         stage: Stage::Owner,
         run: |c, i| {
@@ -861,6 +894,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "reset-owner",
+        code: code::RESET_OWNER,
         what: "RESET_OWNER (deprecated)",
         stage: Stage::Owner,
         run: |c, i| {
@@ -870,6 +904,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "half-header",
+        code: code::GET_FEATURES,
         what: "6 bytes of a GET_FEATURES header, then silence",
         stage: Stage::Fresh,
         run: |c, _| {
@@ -879,6 +914,7 @@ pub const CASES: &[Case] = &[
     },
     Case {
         name: "half-payload",
+        code: code::SET_FEATURES,
         what: "SET_FEATURES header and 4 of its 8 payload bytes, then silence",
         stage: Stage::Owner,
         run: |c, _| {
@@ -1115,34 +1151,6 @@ fn classify(m: &Msg, sent: u32) -> Answer {
     ))
 }
 
-/// The last request code of a case's bytes, for [`classify`]: the case's first header.
-fn case_code(name: &str) -> u32 {
-    match name {
-        "oversize-payload"
-        | "vring-num-before-owner"
-        | "vring-num-out-of-range"
-        | "vring-num-huge" => code::SET_VRING_NUM,
-        "unknown-code" | "unknown-code-need-reply" => code::UNKNOWN,
-        "set-owner-twice" => code::SET_OWNER,
-        "get-vring-base-out-of-range" => code::GET_VRING_BASE,
-        "vring-enable-out-of-range" => code::SET_VRING_ENABLE,
-        "get-config-beyond" | "get-config-oversize" | "get-config-size-mismatch" => {
-            code::GET_CONFIG
-        }
-        "set-features-unoffered" | "set-features-short" | "half-payload" => code::SET_FEATURES,
-        "protocol-features-unoffered" => code::SET_PROTOCOL_FEATURES,
-        "mem-table-no-fd"
-        | "mem-table-fd-count"
-        | "mem-table-bad-region"
-        | "mem-table-beyond-fd" => code::SET_MEM_TABLE,
-        "vring-addr-outside-memory" => code::SET_VRING_ADDR,
-        "kick-regular-file" | "kick-no-fd" | "kick-two-fds" => code::SET_VRING_KICK,
-        "inflight-huge" => code::GET_INFLIGHT_FD,
-        "reset-owner" => code::RESET_OWNER,
-        _ => code::GET_FEATURES,
-    }
-}
-
 /// Runs one case on a fresh connection: its answer and whether the connection was kept.
 fn run_case(case: &Case, socket: &Path, timeout: Duration) -> (Answer, Option<bool>) {
     let mut c = match Conn::connect(socket, timeout) {
@@ -1158,13 +1166,13 @@ fn run_case(case: &Case, socket: &Path, timeout: Duration) -> (Answer, Option<bo
         // The back-end may have closed already (a send to a closed socket).
         Err(Setup(e)) => {
             return match c.recv() {
-                Ok(m) => (classify(&m, case_code(case.name)), Some(false)),
+                Ok(m) => (classify(&m, case.code), Some(false)),
                 Err(Gone::Closed) => (Answer::Closed, Some(false)),
                 _ => (Answer::SetupFailed(e), None),
             };
         }
     };
-    let sent = case_code(case.name);
+    let sent = case.code;
     let mut answer = Answer::Nothing;
     match expect {
         Expect::Skip(why) => return (Answer::Skipped(why), None),
