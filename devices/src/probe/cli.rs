@@ -16,6 +16,7 @@ use vhost_io_std::frontend::Frontend;
 
 use super::blk::{self, BlkClient, ClientOptions, Error, IoParams, IoReport, Verified};
 use super::names::{DeviceKind, feature_name, feature_names, protocol_names};
+use super::{check, simple};
 use crate::blk::config::BlkConfig;
 use crate::size::{format_size, parse_size};
 
@@ -24,7 +25,7 @@ use crate::size::{format_size, parse_size};
 #[command(
     name = "vhost-probe",
     version,
-    about = "A vhost-user front-end that probes back-ends: what they offer, and block I/O",
+    about = "A vhost-user front-end that probes back-ends: what they offer, block I/O, entropy, a virtio-fs file, and a conformance check",
     after_help = "Exit status: 0 when every check passed, 1 on a failure, 2 for a bad command line."
 )]
 pub struct Args {
@@ -46,6 +47,74 @@ pub enum Mode {
     /// disk's first blocks and anywhere during random writes (use --read-percent 100 on
     /// a disk whose data matters; a read-only disk is only read).
     Blk(BlkArgs),
+    /// Conformance run against any back-end: malformed and out-of-order requests, a
+    /// fresh connection per case; how it answered each and whether it survived.
+    Check(CheckArgs),
+    /// Read entropy from a virtio-rng back-end (device type 4, one queue).
+    Rng(RngArgs),
+    /// Read a file from a virtio-fs back-end: FUSE_INIT, LOOKUP, OPEN, READ, RELEASE
+    /// through the request queue (queue 1; queue 0 is hiprio).
+    Fs(FsArgs),
+}
+
+/// `rng` options.
+#[derive(Debug, clap::Args)]
+pub struct RngArgs {
+    /// The back-end's vhost-user socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Bytes of entropy to read, e.g. 64 or 4K.
+    #[arg(long, default_value = "64", value_parser = parse_size)]
+    pub bytes: u64,
+    /// Largest writable buffer per request.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1048576))]
+    pub chunk: u32,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `fs` options.
+#[derive(Debug, clap::Args)]
+pub struct FsArgs {
+    /// The back-end's vhost-user socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The file to read, by name in the shared directory's root.
+    #[arg(long, value_name = "NAME")]
+    pub file: String,
+    /// Read at most this many bytes, e.g. 1M.
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    pub max_bytes: u64,
+    /// Print JSON (content in hex) instead of the content.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `check` options.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The back-end's vhost-user socket.
+    #[arg(long, value_name = "PATH", required_unless_present = "list")]
+    pub socket: Option<PathBuf>,
+    /// The back-end's process: check it stays alive and its fd count does not grow.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 1.0)]
+    pub timeout: f64,
+    /// Run only this case (repeatable).
+    #[arg(long = "case", value_name = "NAME")]
+    pub cases: Vec<String>,
+    /// Skip this case (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub skip: Vec<String>,
+    /// List the cases and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `caps` options.
@@ -129,6 +198,9 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let r = match &args.mode {
         Mode::Caps(a) => caps(a).map(|s| print!("{s}")),
         Mode::Blk(a) => run_blk(a, &mut std::io::stdout()),
+        Mode::Check(a) => run_check(a, &mut std::io::stdout()),
+        Mode::Rng(a) => run_rng(a, &mut std::io::stdout()),
+        Mode::Fs(a) => run_fs(a, &mut std::io::stdout()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,6 +208,106 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             eprintln!("vhost-probe: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Runs the `rng` mode.
+pub fn run_rng(a: &RngArgs, out: &mut dyn std::io::Write) -> Result<(), Error> {
+    if a.bytes == 0 || a.bytes > 64 << 20 {
+        return Err("--bytes must be in 1..=64M".into());
+    }
+    let front = connect(&a.socket)?;
+    let e = simple::read_entropy(front, a.bytes as usize, a.chunk)?;
+    let hex: String = e.bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if a.json {
+        writeln!(
+            out,
+            "{{\"socket\": {}, \"bytes\": {}, \"requests\": {}, \"hex\": \"{hex}\"}}",
+            json_str(&a.socket.display().to_string()),
+            e.bytes.len(),
+            e.requests
+        )?;
+    } else {
+        writeln!(
+            out,
+            "entropy: {} bytes in {} requests from {}",
+            e.bytes.len(),
+            e.requests,
+            a.socket.display()
+        )?;
+        write!(out, "{}", simple::hex_lines(&e.bytes))?;
+    }
+    Ok(())
+}
+
+/// Runs the `fs` mode.
+pub fn run_fs(a: &FsArgs, out: &mut dyn std::io::Write) -> Result<(), Error> {
+    if a.file.is_empty() || a.file.contains('/') || a.file.contains('\0') {
+        return Err("--file must be a name in the root directory".into());
+    }
+    let front = connect(&a.socket)?;
+    let r = simple::read_file(front, &a.file, a.max_bytes)?;
+    if a.json {
+        let hex: String = r.data.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(
+            out,
+            "{{\"socket\": {}, \"fuse\": \"{}.{}\", \"file\": {}, \"nodeid\": {}, \"size\": {}, \"read\": {}, \"hex\": \"{hex}\"}}",
+            json_str(&a.socket.display().to_string()),
+            r.version.0,
+            r.version.1,
+            json_str(&a.file),
+            r.nodeid,
+            r.size,
+            r.data.len()
+        )?;
+    } else {
+        out.write_all(&r.data)?;
+    }
+    eprintln!(
+        "vhost-probe fs: FUSE {}.{}, {} (node {}, {} bytes), read {} bytes",
+        r.version.0,
+        r.version.1,
+        a.file,
+        r.nodeid,
+        r.size,
+        r.data.len()
+    );
+    Ok(())
+}
+
+/// Runs the `check` mode, writing the table (or JSON) to `out`; an error when a case
+/// did not survive.
+pub fn run_check(a: &CheckArgs, out: &mut dyn std::io::Write) -> Result<(), Error> {
+    if a.list {
+        write!(out, "{}", check::list())?;
+        return Ok(());
+    }
+    let socket = a.socket.clone().ok_or("--socket is required")?;
+    if !(a.timeout > 0.0 && a.timeout <= 600.0) {
+        return Err("--timeout must be in (0, 600] seconds".into());
+    }
+    let report = check::run(&check::CheckOptions {
+        socket,
+        pid: a.pid,
+        timeout: Duration::from_secs_f64(a.timeout),
+        only: a.cases.clone(),
+        skip: a.skip.clone(),
+    })?;
+    if a.json {
+        write!(out, "{}", report.json())?;
+    } else {
+        write!(out, "{}", report.text())?;
+    }
+    let failed: Vec<&str> = report
+        .cases
+        .iter()
+        .filter(|c| !c.ok())
+        .map(|c| c.name)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the back-end did not survive: {}", failed.join(", ")).into())
     }
 }
 

@@ -4,8 +4,12 @@
 //! - [`names`]: feature bits by name;
 //! - [`blk`]: a virtio-blk driver ([`blk::BlkClient`]), the verified write/read pass and
 //!   the random I/O run;
-//! - [`cli`]: the program and its modes (`caps`, `blk`).
+//! - [`cli`]: the program and its modes (`caps`, `blk`, `check`, `rng`, `fs`);
+//! - [`check`]: the conformance battery;
+//! - [`simple`]: the virtio-rng and virtio-fs drivers.
 
 pub mod blk;
+pub mod check;
 pub mod cli;
 pub mod names;
+pub mod simple;
