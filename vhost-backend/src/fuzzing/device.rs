@@ -17,6 +17,13 @@ use crate::{BackendChannel, Chain, Device, Queue, QueueError, QueueHandler, Sour
 /// Most chains the pool holds; beyond it chains are completed at once.
 pub const MAX_HELD: usize = 512;
 
+/// Known runtime bug: a chain completed on the wrong queue (`Queue::complete` refuses it
+/// with `WrongQueue` and consumes it) stays in flight on its own ring for ever, so every
+/// stop of that ring (GET_VRING_BASE, memory change, reset, close) waits for ever. While
+/// this holds, a run in which the device misroutes a completion does not check that
+/// stops finish.
+pub const WRONG_QUEUE_HANGS: bool = true;
+
 /// The id of the handler's one source (its completion eventfd).
 pub const SOURCE_ID: u32 = 7;
 
@@ -56,6 +63,10 @@ pub struct Control {
     pub release: bool,
     /// The back-end channel the session handed over (kept until disconnect).
     pub channel: Option<BackendChannel>,
+    /// A chain was completed on another queue than its own. The runtime consumes it
+    /// without counting it on its own ring, which then never quiesces (see
+    /// [`WRONG_QUEUE_HANGS`]).
+    pub misrouted: bool,
     /// Toggles mode 2.
     flip: bool,
 }
@@ -267,7 +278,11 @@ impl FuzzQueue {
                     }
                 };
                 match pick {
-                    Some(i) if i < ctl.pool.len() => (ctl.pool.swap_remove(i), pol),
+                    Some(i) if i < ctl.pool.len() => {
+                        let chain = ctl.pool.swap_remove(i);
+                        ctl.misrouted |= chain.queue_index() != q.index();
+                        (chain, pol)
+                    }
                     Some(_) => continue,
                     None if !all && !ctl.release && !ctl.order.is_empty() => continue,
                     None => return Ok(()),
