@@ -124,12 +124,29 @@ struct Harness {
 /// and hang-ups and reconnections. It must never panic or livelock; every transmit must
 /// decode as a reply; once the device completes what it holds, nothing may stay pending
 /// and the session must close.
+///
+/// The process ignores SIGPIPE from the first run on, as a Rust program does from `main`
+/// (libFuzzer's `main` does not): a front-end's call fd may be a pipe whose read end it
+/// closed, and signalling it must fail with `EPIPE`, not end the process.
 pub fn runtime_session(data: &[u8]) {
+    ignore_sigpipe();
     let _ = runtime_session_stats(data);
+}
+
+fn ignore_sigpipe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: installs the SIG_IGN disposition (no handler code runs); what Rust's
+        // runtime does before `main`.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+    });
 }
 
 /// [`runtime_session`], returning what the run reached.
 pub fn runtime_session_stats(data: &[u8]) -> Stats {
+    ignore_sigpipe();
     let mut u = Unstructured::new(data);
     let protocol = byte(&mut u);
     let device = byte(&mut u);
