@@ -47,7 +47,7 @@ pub mod guest;
 pub mod rings;
 pub mod session;
 
-pub use session::{Stats, runtime_session, runtime_session_stats};
+pub use session::{Stats, runtime_session, runtime_session_stats, runtime_session_strict_stats};
 
 #[cfg(test)]
 mod seeds;
