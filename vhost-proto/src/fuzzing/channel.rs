@@ -124,6 +124,16 @@ struct Sent {
     code: BackendReq,
     /// Whether a reply completes it (NEED_REPLY, or SHARED_OBJECT_LOOKUP).
     replied: bool,
+    /// Whether its transmit went out.
+    transmitted: bool,
+    /// Whether its reply came (or the channel failed, so none will).
+    completed: bool,
+}
+
+/// The oldest request still waiting for its reply: the only one a reply may complete (a
+/// hostile front-end may answer it before its transmit is written).
+fn oldest_awaiting(sent: &mut VecDeque<Sent>) -> Option<&mut Sent> {
+    sent.iter_mut().find(|s| s.replied && !s.completed)
 }
 
 /// Fuzz body: the back-end's end of the back-end channel sends arbitrary requests and is
@@ -144,9 +154,8 @@ pub fn backend_channel_completions(data: &[u8]) -> usize {
     let ctx = neg.decode_context(false);
     let mut cur = neg;
     let mut fd: H = 0;
-    // Sent and not yet transmitted / transmitted and awaiting a reply.
-    let mut queued: VecDeque<Sent> = VecDeque::new();
-    let mut awaiting: VecDeque<Sent> = VecDeque::new();
+    // Sent requests, oldest first, until transmitted and completed.
+    let mut sent: VecDeque<Sent> = VecDeque::new();
     let mut completions = 0;
     let mut lost = false;
     let mut steps = 0;
@@ -161,10 +170,12 @@ pub fn backend_channel_completions(data: &[u8]) -> usize {
                 match ch.send(req) {
                     Ok(id) => {
                         assert!(!ch.is_closed());
-                        queued.push_back(Sent {
+                        sent.push_back(Sent {
                             id,
                             code,
                             replied: lookup || cur.reply_ack(),
+                            transmitted: false,
+                            completed: false,
                         });
                     }
                     Err(ApiError::Closed) => assert!(ch.is_closed()),
@@ -174,20 +185,17 @@ pub fn backend_channel_completions(data: &[u8]) -> usize {
             1 => {
                 let _cut = byte(&mut u);
                 while let Some(t) = ch.poll_transmit() {
-                    let sent = queued.pop_front();
-                    let Some(sent) = sent else {
+                    let Some(s) = sent.iter_mut().find(|s| !s.transmitted) else {
                         panic!("the channel sent {:02x?}, which was not asked for", t.bytes);
                     };
-                    check_request(&t, sent.code, &cur.decode_context(false));
-                    if sent.replied {
-                        awaiting.push_back(sent);
-                    }
+                    s.transmitted = true;
+                    check_request(&t, s.code, &cur.decode_context(false));
                 }
             }
             2 => {
                 let how = byte(&mut u) % 8;
                 let value = u.arbitrary::<u64>().unwrap_or(0);
-                let Some(first) = awaiting.front() else {
+                let Some(first) = oldest_awaiting(&mut sent).filter(|s| s.transmitted) else {
                     continue;
                 };
                 let code = if how == 5 {
@@ -252,29 +260,42 @@ pub fn backend_channel_completions(data: &[u8]) -> usize {
                     assert!(!lost, "the channel reported its loss twice");
                     assert!(ch.is_closed());
                     lost = true;
-                    // Requests already handed to the transmit queue still go out.
-                    awaiting.clear();
+                    // No reply completes anything now; requests already handed to the
+                    // transmit queue still go out.
+                    sent.iter_mut().for_each(|s| s.completed = true);
                 }
                 BackendEvent::Acked { id, request } | BackendEvent::Nacked { id, request, .. } => {
-                    let sent = awaiting.pop_front();
+                    let s = oldest_awaiting(&mut sent);
                     assert!(
-                        sent.as_ref()
-                            .is_some_and(|s| s.id == id && s.code == request),
-                        "completion of {id:?} {request:?}, expected {sent:?}"
+                        s.as_ref().is_some_and(|s| s.id == id && s.code == request),
+                        "completion of {id:?} {request:?}, expected {s:?}"
                     );
+                    if let Some(s) = s {
+                        s.completed = true;
+                    }
                     completions += 1;
                 }
                 BackendEvent::SharedObject { id, value, fd } => {
-                    let sent = awaiting.pop_front();
+                    let s = oldest_awaiting(&mut sent);
                     assert!(
-                        sent.as_ref().is_some_and(|s| s.id == id
-                            && s.code == BackendReq::SharedObjectLookup),
-                        "lookup completion of {id:?}, expected {sent:?}"
+                        s.as_ref().is_some_and(
+                            |s| s.id == id && s.code == BackendReq::SharedObjectLookup
+                        ),
+                        "lookup completion of {id:?}, expected {s:?}"
                     );
+                    if let Some(s) = s {
+                        s.completed = true;
+                    }
                     assert!(fd.is_none() || value == 0, "an fd with a failure");
                     completions += 1;
                 }
             }
+        }
+        while sent
+            .front()
+            .is_some_and(|s| s.transmitted && (s.completed || !s.replied))
+        {
+            sent.pop_front();
         }
         if ch.is_closed() {
             assert!(lost, "the channel closed without reporting it");
