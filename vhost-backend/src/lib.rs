@@ -25,6 +25,8 @@ mod channel;
 mod device;
 pub mod echo;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod obj;
 pub mod os;
 mod queue;

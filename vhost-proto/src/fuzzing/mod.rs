@@ -181,6 +181,13 @@ where
 #[cfg(test)]
 mod seeds;
 
+mod channel;
+pub use channel::{
+    backend_channel, backend_channel_completions, frontend_channel, frontend_channel_replies,
+};
+#[cfg(test)]
+mod channel_seeds;
+
 mod session;
 pub use session::{
     backend_session, backend_session_replies, frontend_session, frontend_session_completions,
