@@ -176,6 +176,10 @@ impl<D: Device + ?Sized> std::fmt::Debug for SessionState<D> {
 impl<D: Device + ?Sized> SessionState<D> {
     /// A new session for `device` (its description sets up the protocol core).
     pub fn new(device: Arc<D>) -> Self {
+        // A peer's pipe notifier with its read end closed must not kill us.
+        if let Err(e) = crate::os::sigpipe::ignore() {
+            log::warn!("vhost-backend: cannot ignore SIGPIPE: {e}");
+        }
         let conn = Connection::new(device.description());
         let n = conn.rings().len();
         SessionState {

@@ -17,12 +17,12 @@ use crate::{BackendChannel, Chain, Device, Queue, QueueError, QueueHandler, Sour
 /// Most chains the pool holds; beyond it chains are completed at once.
 pub const MAX_HELD: usize = 512;
 
-/// Known runtime bug: a chain completed on the wrong queue (`Queue::complete` refuses it
-/// with `WrongQueue` and consumes it) stays in flight on its own ring for ever, so every
-/// stop of that ring (GET_VRING_BASE, memory change, reset, close) waits for ever. While
-/// this holds, a run in which the device misroutes a completion does not check that
-/// stops finish.
-pub const WRONG_QUEUE_HANGS: bool = true;
+/// A runtime bug this target found, now fixed: a chain completed on the wrong queue
+/// (`Queue::complete` refuses it with `WrongQueue`) stayed in flight on its own ring for
+/// ever, so every stop of that ring waited for ever. It now counts as dropped there. While
+/// this is `true`, a run in which the device misroutes a completion does not check that
+/// stops finish; it is `false`: every run checks them.
+pub const WRONG_QUEUE_HANGS: bool = false;
 
 /// The id of the handler's one source (its completion eventfd).
 pub const SOURCE_ID: u32 = 7;

@@ -321,8 +321,8 @@ fn seeds() -> Vec<SeedCase> {
         |s| s.waited && s.runs >= 3,
     ));
     // Packed rings completed out of order: a held multi-descriptor chain walked after a
-    // later chain's used descriptor overwrote its slots breaks the ring
-    // (`ChainOverwritten`, documented by vring).
+    // later chain's used descriptor went over its slots. It broke the ring
+    // (`ChainOverwritten`) until the queue learnt to copy such lists first; now it must not.
     v.push((
         "packed_out_of_order",
         Seed::new(ALL, 1 | PACKED, 1)
@@ -332,11 +332,11 @@ fn seeds() -> Vec<SeedCase> {
             .complete(0, &[2, 1, 0])
             .req(req::GET_VRING_BASE, 0, 0, 0, 1)
             .0,
-        |s| s.broken >= 1 && s.runs == 1,
+        |s| s.broken == 0 && s.runs == 1,
     ));
-    // Known runtime bug (WRONG_QUEUE_HANGS): ring 0's chain completed on ring 1 stays in
-    // flight on ring 0 for ever; GET_VRING_BASE of ring 0 never answers and the session
-    // never closes.
+    // A runtime bug this seed found (WRONG_QUEUE_HANGS, fixed): ring 0's chain completed
+    // on ring 1 stayed in flight on ring 0 for ever; GET_VRING_BASE of ring 0 never
+    // answered and the session never closed.
     v.push((
         "finding_wrong_queue_hang",
         Seed::new(ALL, 1, 1)
@@ -352,10 +352,9 @@ fn seeds() -> Vec<SeedCase> {
     v
 }
 
-/// The runtime bug behind [`WRONG_QUEUE_HANGS`](super::device::WRONG_QUEUE_HANGS): once
-/// fixed, this passes; flip the constant then and drop the `ignore`.
+/// The runtime bug behind [`WRONG_QUEUE_HANGS`](super::device::WRONG_QUEUE_HANGS), fixed:
+/// a misrouted completion no longer hangs its ring's stop.
 #[test]
-#[ignore = "known runtime bug: a chain completed on the wrong queue hangs its ring's stops"]
 fn a_misrouted_completion_does_not_hang_the_stop() {
     let seed = seeds()
         .into_iter()

@@ -22,6 +22,7 @@ pub mod memfd;
 pub mod mmap;
 pub mod notifier;
 pub mod sigbus;
+pub mod sigpipe;
 pub mod socket;
 
 #[cfg(test)]
