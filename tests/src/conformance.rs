@@ -826,6 +826,16 @@ pub fn inflight_recovery<R: Runner>(runner: &str, packed: bool) {
         ring.pop_used().unwrap().is_none(),
         "nothing completed twice"
     );
+    // The ring goes on from there.
+    let (out, inn) = bufs(REQUESTS);
+    GuestSlice::new(ram.memory(), out, 1)
+        .unwrap()
+        .write_at(0, &[REQUESTS])
+        .unwrap();
+    let id = ring.add(&[(out, 1)], &[(inn, 1)]).unwrap();
+    ring.kick().unwrap();
+    assert_eq!(ring.collect(1, TIMEOUT).unwrap(), [(id, 1)]);
+    assert_eq!(served.lock().unwrap().last(), Some(&REQUESTS));
     drop(front);
     server.finish();
     // A back-end killed with SIGKILL cannot remove its socket.

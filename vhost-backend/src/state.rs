@@ -308,49 +308,18 @@ impl<D: Device + ?Sized> SessionState<D> {
                 Ok(())
             }
             Event::MemoryTable { regions, answer } => {
-                if answer.postcopy() {
-                    return self.conn.answer_memory_postcopy(
-                        answer,
-                        Err(Refused::because("postcopy is not supported")),
-                    );
-                }
-                match map_regions(regions).and_then(|r| MemoryMap::new(r).map_err(mapping_failed)) {
-                    Ok(map) => {
-                        self.begin(
-                            Pending::Memory {
-                                map,
-                                answer: MemoryAnswer::Table(answer),
-                            },
-                            rings,
-                        );
-                        Ok(())
-                    }
-                    Err(r) => self.conn.answer_memory(answer, Err(r)),
-                }
+                let map = |_: &MemoryMap| {
+                    map_regions(regions).and_then(|r| MemoryMap::new(r).map_err(mapping_failed))
+                };
+                self.memory_update(answer, map, rings)
             }
             Event::MemoryRegionAdded { region, answer } => {
-                if answer.postcopy() {
-                    return self.conn.answer_memory_postcopy(
-                        answer,
-                        Err(Refused::because("postcopy is not supported")),
-                    );
-                }
-                let map = map_regions(vec![region])
-                    .and_then(|mut r| r.pop().ok_or(Refused::because("no region")))
-                    .and_then(|r| self.memory.with_region(r).map_err(mapping_failed));
-                match map {
-                    Ok(map) => {
-                        self.begin(
-                            Pending::Memory {
-                                map,
-                                answer: MemoryAnswer::Table(answer),
-                            },
-                            rings,
-                        );
-                        Ok(())
-                    }
-                    Err(r) => self.conn.answer_memory(answer, Err(r)),
-                }
+                let map = |current: &MemoryMap| {
+                    map_regions(vec![region])
+                        .and_then(|mut r| r.pop().ok_or(Refused::because("no region")))
+                        .and_then(|r| current.with_region(r).map_err(mapping_failed))
+                };
+                self.memory_update(answer, map, rings)
             }
             Event::MemoryRegionRemoved { region, answer } => {
                 match self
@@ -484,6 +453,30 @@ impl<D: Device + ?Sized> SessionState<D> {
                 Ok(())
             }
             other => self.conn.refuse(other),
+        }
+    }
+
+    /// SET_MEM_TABLE / ADD_MEM_REG: maps the new memory (`map` builds it from the current
+    /// one), then installs it once every ring is quiet; a mapping failure is refused at once.
+    fn memory_update<R: Rings<D> + ?Sized>(
+        &mut self,
+        answer: MemoryToken,
+        map: impl FnOnce(&MemoryMap) -> Result<MemoryMap, Refused>,
+        rings: &mut R,
+    ) -> Result<(), ApiError> {
+        if answer.postcopy() {
+            return self.conn.answer_memory_postcopy(
+                answer,
+                Err(Refused::because("postcopy is not supported")),
+            );
+        }
+        match map(&self.memory) {
+            Ok(map) => {
+                let answer = MemoryAnswer::Table(answer);
+                self.begin(Pending::Memory { map, answer }, rings);
+                Ok(())
+            }
+            Err(r) => self.conn.answer_memory(answer, Err(r)),
         }
     }
 

@@ -1,15 +1,13 @@
-//! Inflight recovery through the server, end to end (spec §7.12): a back-end
-//! with INFLIGHT_SHMFD runs in a child process and holds some requests
-//! without completing them; it is SIGKILLed mid-I/O; a new back-end server
-//! gets the same inflight buffer with SET_INFLIGHT_FD and completes exactly
-//! the unfinished requests, in submission order, none twice. Split and
-//! packed.
+//! Reconnecting to a restarted back-end from the inflight buffer (spec §7.12), with the
+//! front-end toolkit's `Frontend::reconnect`: a back-end with INFLIGHT_SHMFD runs in a
+//! child process and holds some requests; it is SIGKILLed mid-I/O; the front-end
+//! reconnects to a new server, hands it the same buffer and the ring resumes, and the new
+//! back-end completes exactly the unfinished requests. (The recovery itself, against both
+//! runners, is `tests::conformance::inflight_recovery`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
@@ -21,8 +19,7 @@ use vhost_backend::{Device, Queue};
 use vhost_io_std::backend::Server;
 use vhost_io_std::frontend::{DriverRing, Frontend, GuestRam};
 use vhost_proto::backend::DeviceDescription;
-use vhost_proto::wire::{InflightDesc, ProtocolFeatures, VirtioFeatures, VringBase};
-use vring::memory::GuestSlice;
+use vhost_proto::wire::{ProtocolFeatures, VirtioFeatures};
 
 /// Set in the child: the socket path the back-end listens on.
 const CHILD_ENV: &str = "VHOST_STD_INFLIGHT_CHILD";
@@ -81,40 +78,6 @@ impl Holder {
     }
 }
 
-/// The second back-end: completes everything, answering `tag | 0x80`, and
-/// records the tags in the order it served them.
-#[derive(Default)]
-struct Recorder {
-    served: Mutex<Vec<u8>>,
-}
-
-impl Device for Recorder {
-    fn description(&self) -> DeviceDescription {
-        description()
-    }
-
-    fn start_queue(
-        self: Arc<Self>,
-        _: &vhost_backend::Queue,
-    ) -> Result<Box<dyn vhost_backend::QueueHandler>, vhost_proto::backend::Refused> {
-        Ok(Box::new(vhost_backend::handler_fn(
-            move |q: &mut vhost_backend::Queue| self.process_queue(q),
-        )))
-    }
-}
-
-impl Recorder {
-    fn process_queue(&self, q: &mut Queue) -> Result<(), QueueError> {
-        while let Some(c) = q.pop()? {
-            let t = tag(q, &c)?;
-            self.served.lock().unwrap().push(t);
-            q.writer(&c).write_all(&[t | 0x80])?;
-            q.complete(c, 1)?;
-        }
-        Ok(())
-    }
-}
-
 /// The child side: when started by `recover` with the socket path in the
 /// environment, serve a `Holder` there until killed. Without it: nothing.
 #[test]
@@ -166,173 +129,10 @@ fn connect(path: &Path) -> Frontend {
     }
 }
 
-fn negotiate(front: &mut Frontend, packed: bool) {
-    front.get_features().unwrap();
-    front.get_protocol_features().unwrap();
-    front
-        .set_protocol_features(
-            ProtocolFeatures::MQ | ProtocolFeatures::REPLY_ACK | ProtocolFeatures::INFLIGHT_SHMFD,
-        )
-        .unwrap();
-    front.set_owner().unwrap();
-    let mut f = VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES;
-    if packed {
-        f |= VirtioFeatures::RING_PACKED;
-    }
-    front.set_features(f).unwrap();
-}
-
 /// Request `k`'s buffers: a readable tag byte and a writable answer byte.
 fn bufs(k: u8) -> (u64, u64) {
     let out = BUFS + u64::from(k) * 0x100;
     (out, out + 0x80)
-}
-
-fn answer(ram: &GuestRam, k: u8) -> u8 {
-    let mut b = [0u8];
-    GuestSlice::new(ram.memory(), bufs(k).1, 1)
-        .unwrap()
-        .read_at(0, &mut b)
-        .unwrap();
-    b[0]
-}
-
-fn recover(packed: bool, then_more: bool) {
-    let dir = TestDir::new(&format!(
-        "vhost-std-inflight-{}-{packed}-{then_more}",
-        std::process::id()
-    ));
-    let path = dir.join("backend.sock");
-    let _ = std::fs::remove_file(&path);
-    let mut child = spawn_child(&path);
-
-    // Session 1, with the child: inflight buffer, memory, one ring.
-    let ram = GuestRam::new(0, RAM).unwrap();
-    let mut front = connect(&path);
-    negotiate(&mut front, packed);
-    let (desc, inflight): (InflightDesc, OwnedFd) = front
-        .get_inflight_fd(1, QUEUE_SIZE)
-        .unwrap()
-        .expect("an inflight buffer");
-    front.set_inflight_fd(desc, inflight.as_fd()).unwrap();
-    front.set_mem_table(&[(ram.region(), ram.fd())]).unwrap();
-    let f = ring_features(false);
-    let (mut ring, _) = if packed {
-        DriverRing::packed(&ram, 0, 0, QUEUE_SIZE, f).unwrap()
-    } else {
-        DriverRing::split(&ram, 0, 0, QUEUE_SIZE, f).unwrap()
-    };
-    front.start_ring(&ring, &ram).unwrap();
-    front.set_vring_enable(0, true).unwrap();
-
-    let mut ids = Vec::new();
-    for k in 0..REQUESTS {
-        let (out, inn) = bufs(k);
-        GuestSlice::new(ram.memory(), out, 1)
-            .unwrap()
-            .write_at(0, &[k])
-            .unwrap();
-        ids.push(ring.add(&[(out, 1)], &[(inn, 1)]).unwrap());
-    }
-    ring.kick().unwrap();
-    let even: Vec<u16> = (0..REQUESTS)
-        .step_by(2)
-        .map(|k| ids[usize::from(k)])
-        .collect();
-    let odd: Vec<u16> = (1..REQUESTS)
-        .step_by(2)
-        .map(|k| ids[usize::from(k)])
-        .collect();
-    let done = ring.collect(even.len(), TIMEOUT).unwrap();
-    let mut got: Vec<u16> = done.iter().map(|d| d.0).collect();
-    got.sort_unstable();
-    assert_eq!(got, even, "the first back-end completes the even requests");
-    for k in (0..REQUESTS).step_by(2) {
-        assert_eq!(answer(&ram, k), k);
-    }
-    std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(ring.pop_used().unwrap(), None, "odd requests are held");
-
-    // The back-end dies mid-I/O.
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
-    drop(front);
-
-    // Session 2, with a new back-end: same inflight buffer, same memory, the
-    // ring restarted at its used position (the buffer decides the rest).
-    let (a, b) = UnixStream::pair().unwrap();
-    let server = Server::from_stream(b, Recorder::default()).unwrap();
-    let recorder = Arc::clone(server.device());
-    let server = server.spawn().unwrap();
-    let mut front = Frontend::from_stream(a).unwrap();
-    negotiate(&mut front, packed);
-    front.set_inflight_fd(desc, inflight.as_fd()).unwrap();
-    front.set_mem_table(&[(ram.region(), ram.fd())]).unwrap();
-    let used = even.len() as u16;
-    let base = if packed {
-        // Two descriptors per request.
-        VringBase::packed(2 * used, true, 2 * used, true)
-    } else {
-        VringBase::split(used)
-    };
-    front.start_ring_at(&ring, &ram, base).unwrap();
-
-    let resubmitted = ring.collect(odd.len(), TIMEOUT).unwrap();
-    let got: Vec<u16> = resubmitted.iter().map(|d| d.0).collect();
-    assert_eq!(
-        got, odd,
-        "exactly the unfinished requests, in submission order"
-    );
-    assert_eq!(
-        *recorder.served.lock().unwrap(),
-        (1..REQUESTS).step_by(2).collect::<Vec<u8>>(),
-        "the new back-end served the held requests in order, nothing else"
-    );
-    for k in 0..REQUESTS {
-        let want = if k % 2 == 0 { k } else { k | 0x80 };
-        assert_eq!(
-            answer(&ram, k),
-            want,
-            "request {k} answered once, by the right back-end"
-        );
-    }
-    std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(ring.pop_used().unwrap(), None, "nothing completed twice");
-
-    // The ring goes on from there.
-    if then_more {
-        let (out, inn) = bufs(REQUESTS);
-        GuestSlice::new(ram.memory(), out, 1)
-            .unwrap()
-            .write_at(0, &[REQUESTS])
-            .unwrap();
-        let id = ring.add(&[(out, 1)], &[(inn, 1)]).unwrap();
-        ring.kick().unwrap();
-        assert_eq!(ring.collect(1, TIMEOUT).unwrap(), [(id, 1)]);
-        assert_eq!(recorder.served.lock().unwrap().last(), Some(&REQUESTS));
-    }
-
-    drop(front);
-    server.join().unwrap();
-    drop(child);
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_dir(dir.path());
-}
-
-#[test]
-fn split_ring_recovers_exactly_the_unfinished_requests() {
-    recover(false, true);
-}
-
-#[test]
-fn packed_ring_recovers_exactly_the_unfinished_requests() {
-    recover(true, false);
-}
-
-/// The packed ring then goes on with a new two-descriptor request.
-#[test]
-fn packed_ring_goes_on_after_recovery() {
-    recover(true, true);
 }
 
 fn negotiate_with(front: &mut Frontend, packed: bool, reply_ack: bool) -> VirtioFeatures {
