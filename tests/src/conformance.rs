@@ -583,6 +583,108 @@ pub fn memory_limit_is_refused<R: Runner>() {
     server.finish();
 }
 
+/// An echo device that offers dirty logging (LOG_SHMFD, LOG_ALL).
+#[derive(Debug)]
+pub struct Logged(Arc<vhost_backend::echo::Echo>);
+
+impl Device for Logged {
+    fn description(&self) -> DeviceDescription {
+        let mut d = self.0.description();
+        d.features |= VirtioFeatures::LOG_ALL;
+        d.protocol_features |= ProtocolFeatures::LOG_SHMFD;
+        d
+    }
+
+    fn start_queue(self: Arc<Self>, queue: &Queue) -> Result<Box<dyn QueueHandler>, Refused> {
+        Arc::clone(&self.0).start_queue(queue)
+    }
+}
+
+/// Dirty logging for migration (spec §7.7) on a running ring: SET_LOG_BASE maps the log,
+/// SET_FEATURES with LOG_ALL turns logging on at a quiet point, the pages a request's
+/// response was written to and (with VHOST_VRING_F_LOG) the used ring's page are marked;
+/// LOG_ALL off stops it.
+pub fn dirty_logging<R: Runner>(packed: bool) {
+    use vhost_backend::vhost_proto::wire::{LogDescription, VringAddrFlags};
+    let ram = GuestRam::new(0, RAM).unwrap();
+    let (mut front, server) = R::serve(Logged(Arc::new(vhost_backend::echo::Echo::new(1))));
+    front.get_features().unwrap();
+    let protocol = front.get_protocol_features().unwrap();
+    front
+        .set_protocol_features(
+            protocol
+                & (ProtocolFeatures::MQ
+                    | ProtocolFeatures::REPLY_ACK
+                    | ProtocolFeatures::LOG_SHMFD),
+        )
+        .unwrap();
+    front.set_owner().unwrap();
+    let mut features = VirtioFeatures::VERSION_1 | VirtioFeatures::PROTOCOL_FEATURES;
+    if packed {
+        features |= VirtioFeatures::RING_PACKED;
+    }
+    front.set_features(features).unwrap();
+    front.set_mem_table(&ram.mem_table()).unwrap();
+    let mut ring0 = ring(&ram, 0, features);
+    front.start_ring(&ring0, &ram).unwrap();
+    // One bit per 4 KiB page of guest memory.
+    let log_len = RAM / 4096 / 8;
+    let log = vhost_backend::os::memfd::create("dirty-log", 4096).unwrap();
+    let dirty = |page: u64| {
+        let mut b = [0u8];
+        rustix::io::pread(&log, &mut b, page / 8).unwrap();
+        b[0] & (1 << (page % 8)) != 0
+    };
+    let clear = || rustix::io::pwrite(&log, &vec![0u8; log_len as usize], 0).unwrap();
+    front
+        .set_log_base(
+            LogDescription {
+                mmap_size: log_len,
+                mmap_offset: 0,
+            },
+            log.as_fd(),
+        )
+        .unwrap();
+    // Not logging yet: nothing is marked.
+    add_request(&mut ring0, &ram, 0);
+    ring0.kick().unwrap();
+    assert_eq!(ring0.collect(1, TIMEOUT).unwrap().len(), 1);
+    assert!((0..RAM / 4096).all(|p| !dirty(p)), "logged before LOG_ALL");
+    // Logging on, the used ring logged too.
+    front
+        .set_features(features | VirtioFeatures::LOG_ALL)
+        .unwrap();
+    let config = *ring0.config();
+    let mut addr = ram.vring_addr(0, &config).unwrap();
+    addr.flags = VringAddrFlags::LOG;
+    addr.log = config.device_area;
+    front.set_vring_addr(addr).unwrap();
+    for k in 1..4u64 {
+        add_request(&mut ring0, &ram, k);
+    }
+    ring0.kick().unwrap();
+    assert_eq!(ring0.collect(3, TIMEOUT).unwrap().len(), 3);
+    for k in 1..4u64 {
+        check_request(&ring0, &ram, k);
+    }
+    let response_page = (BUFS + 64) / 4096;
+    assert!(dirty(response_page), "the response pages are logged");
+    assert!(dirty(config.device_area / 4096), "the used ring is logged");
+    assert!(!dirty(RAM / 4096 - 1), "nothing else");
+    // Logging off.
+    front.set_features(features).unwrap();
+    clear();
+    add_request(&mut ring0, &ram, 5);
+    ring0.kick().unwrap();
+    assert_eq!(ring0.collect(1, TIMEOUT).unwrap().len(), 1);
+    assert!(
+        (0..RAM / 4096).all(|p| !dirty(p)),
+        "logged after LOG_ALL was cleared"
+    );
+    drop(front);
+    server.finish();
+}
+
 /// An inflight buffer for more queues (or entries) than the device has is refused, not
 /// allocated.
 pub fn oversized_inflight_is_refused<R: Runner>() {
@@ -1004,6 +1106,16 @@ macro_rules! conformance_tests {
         #[test]
         fn oversized_inflight_is_refused() {
             c::oversized_inflight_is_refused::<$runner>();
+        }
+
+        #[test]
+        fn dirty_logging_split() {
+            c::dirty_logging::<$runner>(false);
+        }
+
+        #[test]
+        fn dirty_logging_packed() {
+            c::dirty_logging::<$runner>(true);
         }
 
         #[test]

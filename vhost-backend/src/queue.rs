@@ -405,6 +405,21 @@ impl Queue {
         self.ring.position()
     }
 
+    /// The dirty log while the front-end logs writes for migration (LOG_ALL): writes
+    /// through [`writer`](Self::writer) are logged already; a device that writes guest
+    /// memory by other means (an io_uring read into a chain's slices) logs them with
+    /// [`mark_dirty`](Self::mark_dirty).
+    pub fn dirty_log(&self) -> Option<&vring::log::DirtyLog> {
+        self.ring.dirty_log()
+    }
+
+    /// Marks `len` bytes of guest memory from `gpa` dirty, if logging is on.
+    pub fn mark_dirty(&self, gpa: u64, len: u64) {
+        if let Some(log) = self.ring.dirty_log() {
+            log.mark(gpa, len);
+        }
+    }
+
     /// Chains dropped without being completed (device bugs); they stay in flight.
     pub fn dropped(&self) -> u32 {
         self.anchor.dropped.load(Ordering::Relaxed)
@@ -456,6 +471,15 @@ impl Queue {
             dropped: Arc::clone(&self.anchor.dropped),
         });
         Ok(())
+    }
+
+    /// Logs writes (and the used ring's, at `used_log`) in `log`, or stops logging.
+    pub(crate) fn set_dirty_log(
+        &mut self,
+        log: Option<vring::log::DirtyLog>,
+        used_log: Option<u64>,
+    ) {
+        self.ring.set_dirty_log(log, used_log);
     }
 
     /// Attaches this queue's part of the inflight buffer and queues the chains it records

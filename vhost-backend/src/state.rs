@@ -30,7 +30,7 @@ use vhost_proto::backend::{
 };
 // RingStartToken is answered through `answer_ring_started`.
 use vhost_proto::session::{AddressSpace, ApiError, RingConfig, RingPosition};
-use vhost_proto::wire::{InflightDesc, RegionFd, VringEndian};
+use vhost_proto::wire::{InflightDesc, RegionFd, VirtioFeatures, VringEndian};
 use vring::inflight::RingLayout;
 
 use crate::channel::{BackendChannel, ChannelGate};
@@ -116,6 +116,10 @@ enum Pending {
         map: MemoryMap,
         answer: MemoryAnswer,
     },
+    /// Dirty logging turned on or off, or a new log: applied to every ring once it is
+    /// quiet (SET_LOG_BASE answers then; SET_FEATURES with LOG_ALL has no answer to wait
+    /// for: its events after it wait instead).
+    Relog { answer: Option<AckToken> },
     /// RESET_DEVICE.
     Reset { answer: AckToken },
     /// The session ends.
@@ -154,6 +158,9 @@ pub struct SessionState<D: Device + ?Sized> {
     /// and retried on the next memory change.
     parked: Box<[Option<ServedQueue>]>,
     inflight: Option<Inflight>,
+    /// The dirty log (SET_LOG_BASE) and whether logging is on (LOG_ALL acked).
+    log: Option<vring::log::DirtyLog>,
+    logging: bool,
     /// Shared with the back-end channels handed to the device.
     gate: Arc<ChannelGate>,
     waiting: Option<Waiting>,
@@ -190,6 +197,8 @@ impl<D: Device + ?Sized> SessionState<D> {
             running: vec![false; n].into_boxed_slice(),
             parked: (0..n).map(|_| None).collect(),
             inflight: None,
+            log: None,
+            logging: false,
             gate: Arc::new(ChannelGate::new()),
             waiting: None,
             deferred: VecDeque::new(),
@@ -301,8 +310,38 @@ impl<D: Device + ?Sized> SessionState<D> {
                 // Without PROTOCOL_FEATURES every ring is enabled (spec §7.2).
                 self.sync_enabled();
                 self.device.features_acked(features);
+                // LOG_ALL turns dirty logging on or off (spec §7.7) at a quiet point.
+                let logging = features.contains(VirtioFeatures::LOG_ALL);
+                if logging != self.logging {
+                    self.logging = logging;
+                    self.begin(Pending::Relog { answer: None }, rings);
+                }
                 Ok(())
             }
+            Event::LogBase { log, fd, answer } => {
+                match SharedMapping::new(&fd, log.mmap_offset, log.mmap_size) {
+                    Ok(m) => {
+                        self.log = Some(vring::log::DirtyLog::new(m.into_shared_region()));
+                        if self.logging {
+                            self.begin(
+                                Pending::Relog {
+                                    answer: Some(answer),
+                                },
+                                rings,
+                            );
+                            Ok(())
+                        } else {
+                            self.conn.ack(answer, Ok(()))
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("vhost-backend: SET_LOG_BASE refused: {e}");
+                        self.conn
+                            .ack(answer, Err(Refused::because("cannot map the dirty log")))
+                    }
+                }
+            }
+            Event::LogFdChanged => Ok(()),
             Event::ProtocolFeaturesSet { features } => {
                 self.device.protocol_features_acked(features);
                 Ok(())
@@ -510,11 +549,12 @@ impl<D: Device + ?Sized> SessionState<D> {
         let stopping: Vec<u16> = match &op {
             Pending::Stop { index, .. } => vec![*index],
             Pending::Restart { config, .. } => vec![config.index],
-            Pending::Memory { .. } | Pending::Reset { .. } | Pending::Close => {
-                (0..self.running.len())
-                    .filter_map(|i| u16::try_from(i).ok())
-                    .collect()
-            }
+            Pending::Memory { .. }
+            | Pending::Relog { .. }
+            | Pending::Reset { .. }
+            | Pending::Close => (0..self.running.len())
+                .filter_map(|i| u16::try_from(i).ok())
+                .collect(),
         };
         let stopping: Vec<u16> = stopping
             .into_iter()
@@ -642,10 +682,23 @@ impl<D: Device + ?Sized> SessionState<D> {
                     MemoryAnswer::Removed(t) => self.conn.ack(t, Ok(())),
                 }
             }
+            Pending::Relog { answer } => {
+                for mut q in stopped {
+                    self.apply_log(&mut q);
+                    q.resume();
+                    self.run(q, rings);
+                }
+                match answer {
+                    Some(a) => self.conn.ack(a, Ok(())),
+                    None => Ok(()),
+                }
+            }
             Pending::Reset { answer } => {
                 drop(stopped);
                 self.parked.iter_mut().for_each(|p| *p = None);
                 self.inflight = None;
+                self.log = None;
+                self.logging = false;
                 self.sync_enabled();
                 self.device.reset();
                 self.conn.ack(answer, Ok(()))
@@ -659,6 +712,19 @@ impl<D: Device + ?Sized> SessionState<D> {
                 Ok(())
             }
         }
+    }
+
+    /// Logs `q`'s writes in the dirty log while logging is on; stops logging otherwise.
+    fn apply_log(&self, q: &mut ServedQueue) {
+        let index = q.index();
+        let used_log = self
+            .conn
+            .ring(index)
+            .and_then(|r| r.addresses())
+            .filter(|a| a.flags.contains(vhost_proto::wire::VringAddrFlags::LOG))
+            .map(|a| a.log);
+        let log = self.log.clone().filter(|_| self.logging);
+        q.queue_mut().set_dirty_log(log, used_log);
     }
 
     fn run<R: Rings<D> + ?Sized>(&mut self, q: ServedQueue, rings: &mut R) {
@@ -728,7 +794,10 @@ impl<D: Device + ?Sized> SessionState<D> {
         for which in [Notifier::Kick, Notifier::Call, Notifier::Err] {
             self.check_notifier(config.index, which)?;
         }
-        let queue = self.build_queue(config)?;
+        let mut queue = self.build_queue(config)?;
+        if self.logging {
+            queue.set_dirty_log(self.log.clone(), config.used_log);
+        }
         let handler = self.device.clone().start_queue(&queue)?;
         Ok(ServedQueue::new(queue, handler))
     }
