@@ -1,1 +1,416 @@
-fn main() {}
+//! `vhost-user-blk` against qemu-storage-daemon (qsd), same front-end, same run: libblkio's
+//! `virtio-blk-vhost-user` driver, 1 queue, 4 KiB random reads and writes at QD 1 and QD 32.
+//!
+//! - (a) protocol and ring cost: our in-memory disk vs qsd `null-co,read-zeroes=on` (main
+//!   loop, and in an iothread);
+//! - (b) a raw image in /dev/shm: our io_uring engine vs qsd with its defaults (thread-pool
+//!   AIO) and with `aio=io_uring` in an iothread (its fastest setup).
+//!
+//! Reported per case: IOPS, mean/p50/p99 latency, and the back-end's CPU time per request
+//! (all its threads, from `/proc/<pid>/task/*/schedstat`), and ratios against qsd. Then
+//! split vs packed rings with our own probe (`vhost-probe blk --layout`).
+//!
+//! The front-end (this process) is pinned to CPU 0 and every back-end to CPU 1
+//! (`taskset -c 1`). libblkio waits for completions on the call eventfd (blocking
+//! `do_io`), the mode a guest-like front-end uses.
+//!
+//! Run: `cargo bench -p tests --bench blk_vs_qsd` (`BENCH_SECS=N` per case, default 3;
+//! `BENCH_FILTER=substring` to run only matching back-ends).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use blkio::{Blkio, Completion, ReqFlags};
+use tests::{Peer, TempDir};
+
+const DISK: u64 = 256 << 20;
+const BS: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Op {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Result {
+    iops: f64,
+    mean_us: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_ns_per_req: f64,
+}
+
+/// CPU time (ns) of all threads of `pid` so far.
+fn cpu_ns(pid: u32) -> u64 {
+    let mut total = 0;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// xorshift64*.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Runs `op` at queue depth `qd` for `secs` against the back-end on `sock` (pid `pid`).
+fn run(sock: &Path, pid: u32, op: Op, qd: usize, secs: f64) -> Result {
+    let mut b = Blkio::new("virtio-blk-vhost-user").unwrap();
+    b.set_str("path", sock.to_str().unwrap()).unwrap();
+    b.connect().unwrap();
+    b.set_i32("num-queues", 1).unwrap();
+    b.set_i32("queue-size", 256).unwrap();
+    let capacity = b.get_u64("capacity").unwrap();
+    let blocks = capacity / BS as u64;
+    let align = b.get_u64("mem-region-alignment").unwrap() as usize;
+    let len = (qd * BS).div_ceil(align) * align;
+    let region = b.alloc_mem_region(len).unwrap();
+    let mut started = b.start().unwrap();
+    b.map_mem_region(&region).unwrap();
+    let q = &mut started.queues[0];
+    let base = region.addr as *mut u8;
+    // SAFETY: the region is len >= qd * BS bytes, mapped read-write.
+    unsafe { std::ptr::write_bytes(base, 0x5a, qd * BS) };
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut submit_at = vec![Instant::now(); qd];
+    let mut lat_ns: Vec<u32> = Vec::with_capacity(1 << 20);
+    let submit = |q: &mut blkio::Blkioq, slot: usize, rng: &mut Rng| {
+        let off = (rng.next() % blocks) * BS as u64;
+        // SAFETY: slot < qd: inside the region.
+        let buf = unsafe { base.add(slot * BS) };
+        match op {
+            Op::Read => q.read(off, buf, BS, slot, ReqFlags::empty()),
+            Op::Write => q.write(off, buf, BS, slot, ReqFlags::empty()),
+        }
+    };
+    let mut comps: Vec<MaybeUninit<Completion>> = (0..qd).map(|_| MaybeUninit::uninit()).collect();
+    // Warm-up 0.3 s, then measure.
+    for (slot, at) in submit_at.iter_mut().enumerate() {
+        *at = Instant::now();
+        submit(q, slot, &mut rng);
+    }
+    let warm_end = Instant::now() + Duration::from_millis(300);
+    let mut measuring = false;
+    let mut start = Instant::now();
+    let mut cpu0 = 0;
+    let mut done: u64 = 0;
+    let end_after = Duration::from_secs_f64(secs);
+    loop {
+        let mut timeout = Duration::from_secs(10);
+        let n = q.do_io(&mut comps, 1, Some(&mut timeout), None).unwrap();
+        assert!(n > 0, "no completion in 10 s");
+        let now = Instant::now();
+        for c in &comps[..n] {
+            // SAFETY: do_io initialised the first n entries.
+            let c = unsafe { c.assume_init_ref() };
+            assert_eq!(c.ret, 0, "request failed");
+            let slot = c.user_data;
+            if measuring {
+                lat_ns.push(now.duration_since(submit_at[slot]).as_nanos() as u32);
+                done += 1;
+            }
+            submit_at[slot] = Instant::now();
+            submit(q, slot, &mut rng);
+        }
+        if !measuring && now >= warm_end {
+            measuring = true;
+            start = Instant::now();
+            cpu0 = cpu_ns(pid);
+        } else if measuring && now.duration_since(start) >= end_after {
+            break;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_ns(pid) - cpu0;
+    // Drain what is in flight.
+    let mut left = qd;
+    while left > 0 {
+        let mut timeout = Duration::from_secs(10);
+        let n = q.do_io(&mut comps, left, Some(&mut timeout), None).unwrap();
+        if n == 0 {
+            break;
+        }
+        left -= n;
+    }
+    lat_ns.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((lat_ns.len() as f64 - 1.0) * p) as usize;
+        f64::from(lat_ns[i]) / 1000.0
+    };
+    let mean = lat_ns.iter().map(|&v| f64::from(v)).sum::<f64>() / lat_ns.len() as f64 / 1000.0;
+    Result {
+        iops: done as f64 / elapsed,
+        mean_us: mean,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        cpu_ns_per_req: cpu as f64 / done as f64,
+    }
+}
+
+struct Backend {
+    name: &'static str,
+    group: char,
+    ours: bool,
+    args: Vec<String>,
+}
+
+fn backends(blk: &Path, qsd: Option<&Path>, shm_img: &Path, sock: &Path) -> Vec<Backend> {
+    let s = sock.display().to_string();
+    let img = shm_img.display().to_string();
+    let blk = blk.display().to_string();
+    let mut v = vec![Backend {
+        name: "ours in-memory",
+        group: 'a',
+        ours: true,
+        args: vec![
+            blk.clone(),
+            "--socket-path".into(),
+            s.clone(),
+            "--memory".into(),
+            "256M".into(),
+        ],
+    }];
+    let export = |iothread: bool| {
+        format!(
+            "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={s},writable=on,num-queues=1{}",
+            if iothread { ",iothread=iot0" } else { "" }
+        )
+    };
+    let qsd_args = |blockdevs: Vec<String>, iothread: bool| {
+        let mut a = vec![qsd.unwrap().display().to_string()];
+        if iothread {
+            a.extend(["--object".into(), "iothread,id=iot0".into()]);
+        }
+        for bd in blockdevs {
+            a.extend(["--blockdev".into(), bd]);
+        }
+        a.extend(["--export".into(), export(iothread)]);
+        a
+    };
+    if qsd.is_some() {
+        let null = format!("driver=null-co,node-name=disk0,size={DISK},read-zeroes=on");
+        v.push(Backend {
+            name: "qsd null-co",
+            group: 'a',
+            ours: false,
+            args: qsd_args(vec![null.clone()], false),
+        });
+        v.push(Backend {
+            name: "qsd null-co iothread",
+            group: 'a',
+            ours: false,
+            args: qsd_args(vec![null], true),
+        });
+    }
+    v.push(Backend {
+        name: "ours shm io_uring",
+        group: 'b',
+        ours: true,
+        args: vec![
+            blk,
+            "--socket-path".into(),
+            s.clone(),
+            "--image".into(),
+            img.clone(),
+            "--io-engine".into(),
+            "io-uring".into(),
+        ],
+    });
+    if qsd.is_some() {
+        v.push(Backend {
+            name: "qsd shm default",
+            group: 'b',
+            ours: false,
+            args: qsd_args(
+                vec![
+                    format!("driver=file,node-name=file0,filename={img}"),
+                    "driver=raw,node-name=disk0,file=file0".into(),
+                ],
+                false,
+            ),
+        });
+        v.push(Backend {
+            name: "qsd shm io_uring iothread",
+            group: 'b',
+            ours: false,
+            args: qsd_args(
+                vec![
+                    format!("driver=file,node-name=file0,filename={img},aio=io_uring"),
+                    "driver=raw,node-name=disk0,file=file0".into(),
+                ],
+                true,
+            ),
+        });
+    }
+    v
+}
+
+fn spawn(args: &[String], name: &str, sock: &Path) -> Peer {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1"]).args(args);
+    let mut p = Peer::spawn(name, cmd).unwrap();
+    p.wait_for_socket(sock, tests::PEER_START_TIMEOUT).unwrap();
+    p
+}
+
+fn pin_self_cpu0() {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(0);
+    if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+        eprintln!("cannot pin the front-end to CPU 0: {e}");
+    }
+}
+
+fn main() {
+    // libtest-style arguments (`--bench`) are ignored.
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
+    let blk = tests::guest::workspace_binary("vhost-user-blk").expect("build vhost-user-blk");
+    let probe = tests::guest::workspace_binary("vhost-probe").expect("build vhost-probe");
+    let qsd = tests::find_peer("qemu-storage-daemon");
+    if qsd.is_none() {
+        eprintln!("qemu-storage-daemon not found: measuring ours only");
+    }
+    let dir = TempDir::new("blk_vs_qsd").unwrap();
+    let sock = dir.join("vub.sock");
+    let shm = PathBuf::from(format!("/dev/shm/blk_vs_qsd-{}.img", std::process::id()));
+    {
+        // A fully allocated image (not sparse), so reads hit real pages.
+        let f = std::fs::File::create(&shm).unwrap();
+        let chunk = vec![0x3cu8; 1 << 20];
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(f);
+        for _ in 0..DISK >> 20 {
+            w.write_all(&chunk).unwrap();
+        }
+    }
+    pin_self_cpu0();
+    println!(
+        "# blk_vs_qsd: libblkio virtio-blk-vhost-user, 1 queue, {BS} B random I/O, {secs} s per case, front-end on CPU 0, back-end on CPU 1"
+    );
+    let mut results: Vec<(&'static str, char, bool, Op, usize, Result)> = Vec::new();
+    for be in backends(&blk, qsd.as_deref(), &shm, &sock) {
+        if !be.name.contains(filter.as_str()) {
+            continue;
+        }
+        for (op, qd) in [
+            (Op::Read, 1),
+            (Op::Write, 1),
+            (Op::Read, 32),
+            (Op::Write, 32),
+        ] {
+            let peer = spawn(&be.args, be.name, &sock);
+            let r = run(&sock, peer.pid(), op, qd, secs);
+            drop(peer);
+            let _ = std::fs::remove_file(&sock);
+            println!(
+                "({}) {:<26} rand{:<5} QD{:<2}: {:>9.0} IOPS  lat mean {:>7.1} us p50 {:>7.1} p99 {:>7.1}  backend CPU {:>6.0} ns/req",
+                be.group,
+                be.name,
+                if op == Op::Read { "read" } else { "write" },
+                qd,
+                r.iops,
+                r.mean_us,
+                r.p50_us,
+                r.p99_us,
+                r.cpu_ns_per_req
+            );
+            results.push((be.name, be.group, be.ours, op, qd, r));
+        }
+    }
+    println!("\n# ratios (ours / qsd setup): IOPS ratio, qsd CPU per request / ours");
+    for (name, group, ours, op, qd, r) in &results {
+        if *ours {
+            continue;
+        }
+        let Some(o) = results
+            .iter()
+            .find(|x| x.2 && x.1 == *group && x.3 == *op && x.4 == *qd)
+        else {
+            continue;
+        };
+        println!(
+            "({group}) vs {name:<26} rand{:<5} QD{qd:<2}: IOPS x{:.2}  CPU/req x{:.2} lower",
+            if *op == Op::Read { "read" } else { "write" },
+            o.5.iops / r.iops,
+            r.cpu_ns_per_req / o.5.cpu_ns_per_req
+        );
+        let _ = name;
+    }
+    let _ = std::fs::remove_file(&shm);
+
+    // Split vs packed with our own probe (in-memory disk, 50% reads, QD 32 and 1).
+    if "probe".contains(filter.as_str()) || filter.is_empty() {
+        println!("\n# vhost-probe blk: split vs packed, in-memory disk, 4 KiB, 50% reads");
+        for qd in ["1", "32"] {
+            for layout in ["split", "packed"] {
+                let args = vec![
+                    blk.display().to_string(),
+                    "--socket-path".into(),
+                    sock.display().to_string(),
+                    "--memory".into(),
+                    "256M".into(),
+                ];
+                let peer = spawn(&args, "vhost-user-blk", &sock);
+                let out = Command::new("taskset")
+                    .args(["-c", "0"])
+                    .arg(&probe)
+                    .args(["blk", "--socket"])
+                    .arg(&sock)
+                    .args(["--layout", layout, "--queue-depth", qd, "--json"])
+                    .args(["--duration", &secs.to_string()])
+                    .output()
+                    .unwrap();
+                drop(peer);
+                let _ = std::fs::remove_file(&sock);
+                let text = String::from_utf8_lossy(&out.stdout);
+                println!("{layout:<6} QD{qd:<2}: {}", summarize_probe(&text));
+            }
+        }
+    }
+}
+
+/// Picks the IOPS and latency figures out of the probe's JSON (without a JSON parser:
+/// the fields named `iops` and `p50`/`p99`-like keys, as printed).
+fn summarize_probe(json: &str) -> String {
+    let mut parts = Vec::new();
+    for key in ["\"iops\"", "\"mib_s\"", "\"mean\"", "\"p50\"", "\"p99\""] {
+        if let Some(i) = json.find(key) {
+            let rest = &json[i + key.len()..];
+            let val: String = rest
+                .trim_start_matches([':', ' '])
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            parts.push(format!("{}={val}", key.trim_matches('"')));
+        }
+    }
+    if parts.is_empty() {
+        format!("(unparsed) {}", json.trim())
+    } else {
+        parts.join(" ")
+    }
+}

@@ -33,7 +33,8 @@ fn offset(q: usize, i: usize) -> u64 {
 
 /// Submits `count` requests and waits for all of them, checking each succeeded.
 fn wait_all(q: &mut Blkioq, count: usize) {
-    let mut comps: Vec<MaybeUninit<Completion>> = (0..count).map(|_| MaybeUninit::uninit()).collect();
+    let mut comps: Vec<MaybeUninit<Completion>> =
+        (0..count).map(|_| MaybeUninit::uninit()).collect();
     let mut got = 0;
     while got < count {
         let mut timeout = TIMEOUT;
@@ -98,7 +99,13 @@ fn blkio_pass(sock: &Path) {
                 // SAFETY: as above.
                 unsafe { std::ptr::write_bytes(buf(qi, slot), 0xee, BS) };
                 let i = round * DEPTH + slot;
-                q.read(offset(QUEUES - 1 - qi, i), buf(qi, slot), BS, i, ReqFlags::empty());
+                q.read(
+                    offset(QUEUES - 1 - qi, i),
+                    buf(qi, slot),
+                    BS,
+                    i,
+                    ReqFlags::empty(),
+                );
             }
         }
         for (qi, q) in started.queues.iter_mut().enumerate() {
@@ -146,10 +153,15 @@ fn blkio_two_queues_against_vhost_user_blk() {
         .arg(&image)
         .args(["--num-queues", "2"]);
     let mut peer = Peer::spawn("vhost-user-blk", cmd).unwrap();
-    peer.wait_for_socket(&sock, tests::PEER_START_TIMEOUT).unwrap();
+    peer.wait_for_socket(&sock, tests::PEER_START_TIMEOUT)
+        .unwrap();
     blkio_pass(&sock);
     let (status, clean) = peer.interrupt(tests::PEER_STOP_TIMEOUT).unwrap();
-    assert!(clean && status.success(), "stop: {status}\n{}", peer.output());
+    assert!(
+        clean && status.success(),
+        "stop: {status}\n{}",
+        peer.output()
+    );
     check_image(&image);
     let pid = peer.pid();
     drop(peer);
@@ -175,7 +187,8 @@ fn blkio_two_queues_against_qsd() {
             sock.display()
         ));
     let mut peer = Peer::spawn("qemu-storage-daemon", cmd).unwrap();
-    peer.wait_for_socket(&sock, tests::PEER_START_TIMEOUT).unwrap();
+    peer.wait_for_socket(&sock, tests::PEER_START_TIMEOUT)
+        .unwrap();
     blkio_pass(&sock);
     let pid = peer.pid();
     let _ = peer.interrupt(tests::PEER_STOP_TIMEOUT).unwrap();
