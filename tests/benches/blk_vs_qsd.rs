@@ -14,7 +14,8 @@
 //! (`taskset -c 1`). libblkio waits for completions on the call eventfd (blocking
 //! `do_io`), the mode a guest-like front-end uses.
 //!
-//! Run: `cargo bench -p tests --bench blk_vs_qsd` (`BENCH_SECS=N` per case, default 3;
+//! Run: `cargo bench -p tests --bench blk_vs_qsd` (`BENCH_SECS=N` per case, default 2;
+//! `BENCH_ROUNDS=N` interleaved rounds, medians reported, default 3;
 //! `BENCH_FILTER=substring` to run only matching back-ends).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -178,18 +179,29 @@ fn backends(blk: &Path, qsd: Option<&Path>, shm_img: &Path, sock: &Path) -> Vec<
     let s = sock.display().to_string();
     let img = shm_img.display().to_string();
     let blk = blk.display().to_string();
-    let mut v = vec![Backend {
-        name: "ours in-memory",
-        group: 'a',
-        ours: true,
-        args: vec![
-            blk.clone(),
-            "--socket-path".into(),
-            s.clone(),
-            "--memory".into(),
-            "256M".into(),
-        ],
-    }];
+    let mem_args = vec![
+        blk.clone(),
+        "--socket-path".into(),
+        s.clone(),
+        "--memory".into(),
+        "256M".into(),
+    ];
+    let mut busy_mem = mem_args.clone();
+    busy_mem.push("--busy-poll".into());
+    let mut v = vec![
+        Backend {
+            name: "ours in-memory",
+            group: 'a',
+            ours: true,
+            args: mem_args,
+        },
+        Backend {
+            name: "ours in-memory busy-poll",
+            group: 'a',
+            ours: true,
+            args: busy_mem,
+        },
+    ];
     let export = |iothread: bool| {
         format!(
             "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={s},writable=on,num-queues=1{}",
@@ -222,19 +234,28 @@ fn backends(blk: &Path, qsd: Option<&Path>, shm_img: &Path, sock: &Path) -> Vec<
             args: qsd_args(vec![null], true),
         });
     }
+    let shm_args = vec![
+        blk,
+        "--socket-path".into(),
+        s.clone(),
+        "--image".into(),
+        img.clone(),
+        "--io-engine".into(),
+        "io-uring".into(),
+    ];
+    let mut busy_shm = shm_args.clone();
+    busy_shm.push("--busy-poll".into());
     v.push(Backend {
         name: "ours shm io_uring",
         group: 'b',
         ours: true,
-        args: vec![
-            blk,
-            "--socket-path".into(),
-            s.clone(),
-            "--image".into(),
-            img.clone(),
-            "--io-engine".into(),
-            "io-uring".into(),
-        ],
+        args: shm_args,
+    });
+    v.push(Backend {
+        name: "ours shm io_uring busy-poll",
+        group: 'b',
+        ours: true,
+        args: busy_shm,
     });
     if qsd.is_some() {
         v.push(Backend {
@@ -286,8 +307,29 @@ fn main() {
     let secs: f64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+        .unwrap_or(2.0);
     let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
+    // Against a back-end started by hand (e.g. under `perf record`): BENCH_SOCKET=path
+    // BENCH_PID=pid (for its CPU time) BENCH_CASES=rw,qd;... (default: all four).
+    if let Some(sock) = std::env::var_os("BENCH_SOCKET") {
+        pin_self_cpu0();
+        let pid: u32 = std::env::var("BENCH_PID")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cases =
+            std::env::var("BENCH_CASES").unwrap_or("read,1;write,1;read,32;write,32".into());
+        for case in cases.split(';') {
+            let (rw, qd) = case.split_once(',').unwrap();
+            let op = if rw == "read" { Op::Read } else { Op::Write };
+            let r = run(Path::new(&sock), pid, op, qd.parse().unwrap(), secs);
+            println!(
+                "rand{rw} QD{qd}: {:.0} IOPS, mean {:.1} us, CPU {:.0} ns/req",
+                r.iops, r.mean_us, r.cpu_ns_per_req
+            );
+        }
+        return;
+    }
     let blk = tests::guest::workspace_binary("vhost-user-blk").expect("build vhost-user-blk");
     let probe = tests::guest::workspace_binary("vhost-probe").expect("build vhost-probe");
     let qsd = tests::find_peer("qemu-storage-daemon");
@@ -311,23 +353,54 @@ fn main() {
     println!(
         "# blk_vs_qsd: libblkio virtio-blk-vhost-user, 1 queue, {BS} B random I/O, {secs} s per case, front-end on CPU 0, back-end on CPU 1"
     );
-    let mut results: Vec<(&'static str, char, bool, Op, usize, Result)> = Vec::new();
-    for be in backends(&blk, qsd.as_deref(), &shm, &sock) {
-        if !be.name.contains(filter.as_str()) {
-            continue;
+    // Rounds: every back-end runs each workload once per round, back-ends interleaved,
+    // so that load from elsewhere on the machine hits them alike; the median round is
+    // reported (IOPS, latency and CPU each as their median).
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let bes: Vec<Backend> = backends(&blk, qsd.as_deref(), &shm, &sock)
+        .into_iter()
+        .filter(|be| be.name.contains(filter.as_str()))
+        .collect();
+    let workloads = [
+        (Op::Read, 1),
+        (Op::Write, 1),
+        (Op::Read, 32),
+        (Op::Write, 32),
+    ];
+    let mut samples: Vec<Vec<Result>> = vec![Vec::new(); bes.len() * workloads.len()];
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        for (wi, &(op, qd)) in workloads.iter().enumerate() {
+            for (bi, be) in bes.iter().enumerate() {
+                let peer = spawn(&be.args, be.name, &sock);
+                let r = run(&sock, peer.pid(), op, qd, secs);
+                drop(peer);
+                let _ = std::fs::remove_file(&sock);
+                samples[bi * workloads.len() + wi].push(r);
+            }
         }
-        for (op, qd) in [
-            (Op::Read, 1),
-            (Op::Write, 1),
-            (Op::Read, 32),
-            (Op::Write, 32),
-        ] {
-            let peer = spawn(&be.args, be.name, &sock);
-            let r = run(&sock, peer.pid(), op, qd, secs);
-            drop(peer);
-            let _ = std::fs::remove_file(&sock);
+    }
+    let median = |v: &[Result], f: fn(&Result) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let mut results: Vec<(&'static str, char, bool, Op, usize, Result)> = Vec::new();
+    for (bi, be) in bes.iter().enumerate() {
+        for (wi, &(op, qd)) in workloads.iter().enumerate() {
+            let v = &samples[bi * workloads.len() + wi];
+            let r = Result {
+                iops: median(v, |r| r.iops),
+                mean_us: median(v, |r| r.mean_us),
+                p50_us: median(v, |r| r.p50_us),
+                p99_us: median(v, |r| r.p99_us),
+                cpu_ns_per_req: median(v, |r| r.cpu_ns_per_req),
+            };
             println!(
-                "({}) {:<26} rand{:<5} QD{:<2}: {:>9.0} IOPS  lat mean {:>7.1} us p50 {:>7.1} p99 {:>7.1}  backend CPU {:>6.0} ns/req",
+                "({}) {:<27} rand{:<5} QD{:<2}: {:>8.0} IOPS  lat mean {:>6.1} us p50 {:>6.1} p99 {:>7.1}  backend CPU {:>6.0} ns/req",
                 be.group,
                 be.name,
                 if op == Op::Read { "read" } else { "write" },
@@ -342,38 +415,39 @@ fn main() {
         }
     }
     println!("\n# ratios (ours / qsd setup): IOPS ratio, qsd CPU per request / ours");
-    for (name, group, ours, op, qd, r) in &results {
-        if *ours {
+    for (oname, group, ours, op, qd, o) in &results {
+        if !*ours {
             continue;
         }
-        let Some(o) = results
+        for (name, _, _, _, _, r) in results
             .iter()
-            .find(|x| x.2 && x.1 == *group && x.3 == *op && x.4 == *qd)
-        else {
-            continue;
-        };
-        println!(
-            "({group}) vs {name:<26} rand{:<5} QD{qd:<2}: IOPS x{:.2}  CPU/req x{:.2} lower",
-            if *op == Op::Read { "read" } else { "write" },
-            o.5.iops / r.iops,
-            r.cpu_ns_per_req / o.5.cpu_ns_per_req
-        );
-        let _ = name;
+            .filter(|x| !x.2 && x.1 == *group && x.3 == *op && x.4 == *qd)
+        {
+            println!(
+                "({group}) {oname:<27} vs {name:<26} rand{:<5} QD{qd:<2}: IOPS x{:.2}  CPU/req x{:.2} lower",
+                if *op == Op::Read { "read" } else { "write" },
+                o.iops / r.iops,
+                r.cpu_ns_per_req / o.cpu_ns_per_req
+            );
+        }
     }
     let _ = std::fs::remove_file(&shm);
 
     // Split vs packed with our own probe (in-memory disk, 50% reads, QD 32 and 1).
     if "probe".contains(filter.as_str()) || filter.is_empty() {
         println!("\n# vhost-probe blk: split vs packed, in-memory disk, 4 KiB, 50% reads");
-        for qd in ["1", "32"] {
+        for (busy, qd) in [(false, "1"), (false, "32"), (true, "1"), (true, "32")] {
             for layout in ["split", "packed"] {
-                let args = vec![
+                let mut args = vec![
                     blk.display().to_string(),
                     "--socket-path".into(),
                     sock.display().to_string(),
                     "--memory".into(),
                     "256M".into(),
                 ];
+                if busy {
+                    args.push("--busy-poll".into());
+                }
                 let peer = spawn(&args, "vhost-user-blk", &sock);
                 let out = Command::new("taskset")
                     .args(["-c", "0"])
@@ -387,7 +461,11 @@ fn main() {
                 drop(peer);
                 let _ = std::fs::remove_file(&sock);
                 let text = String::from_utf8_lossy(&out.stdout);
-                println!("{layout:<6} QD{qd:<2}: {}", summarize_probe(&text));
+                let mode = if busy { "busy-poll" } else { "blocking" };
+                println!(
+                    "{layout:<6} {mode:<9} QD{qd:<2}: {}",
+                    summarize_probe(&text)
+                );
             }
         }
     }

@@ -2,8 +2,8 @@
 //! developers) as the front-end of our `vhost-user-blk`: its `virtio-blk-vhost-user`
 //! driver negotiates, maps its memfd buffers with SET_MEM_TABLE and drives 2 split queues.
 //! Verified writes and reads from both queues at queue depth 16 each, a flush, and the
-//! image file checked on disk. The same test against qemu-storage-daemon as a cross-check
-//! of the test itself.
+//! image file checked on disk; once more with `--busy-poll`. The same test against
+//! qemu-storage-daemon as a cross-check of the test itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::File;
@@ -142,7 +142,17 @@ fn make_image(dir: &TempDir) -> std::path::PathBuf {
 
 #[test]
 fn blkio_two_queues_against_vhost_user_blk() {
-    let dir = TempDir::new("blkio_vub").unwrap();
+    against_ours("blkio_vub", &[]);
+}
+
+/// The same with both queue threads busy polling (`--busy-poll`).
+#[test]
+fn blkio_two_queues_against_busy_polling_vhost_user_blk() {
+    against_ours("blkio_vub_busy", &["--busy-poll"]);
+}
+
+fn against_ours(name: &str, extra: &[&str]) {
+    let dir = TempDir::new(name).unwrap();
     let image = make_image(&dir);
     let bin = tests::guest::workspace_binary("vhost-user-blk").expect("build vhost-user-blk");
     let sock = dir.join("vub.sock");
@@ -151,7 +161,8 @@ fn blkio_two_queues_against_vhost_user_blk() {
         .arg(&sock)
         .arg("--image")
         .arg(&image)
-        .args(["--num-queues", "2"]);
+        .args(["--num-queues", "2"])
+        .args(extra);
     let mut peer = Peer::spawn("vhost-user-blk", cmd).unwrap();
     peer.wait_for_socket(&sock, tests::PEER_START_TIMEOUT)
         .unwrap();
