@@ -3,10 +3,11 @@
 //! flight against the back-end serving an image file; the back-end is SIGKILLed under that
 //! load, restarted on the same image, and `Frontend::reconnect` resumes the ring from the
 //! inflight buffer (repeated, up to 5 kills on the same ring, until a kill caught the
-//! back-end with writes not yet completed). Checked: every request outstanding at the kill completes exactly once
-//! (with status OK, nothing else completes), and every write (acknowledged before the
-//! kill, or completed after the restart) is in the image file. Each request writes its own
-//! 256 KiB block, once, so "on disk" is unambiguous. Split and packed rings.
+//! back-end with writes not yet completed). Checked: every request outstanding at a kill
+//! completes exactly once (with status OK, nothing else completes), and every write
+//! (acknowledged before a kill, or completed after the restart) is in the image file. Each
+//! request writes its own 256 KiB block, once, so "on disk" is unambiguous. Split and
+//! packed rings.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
