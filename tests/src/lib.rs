@@ -31,6 +31,7 @@
 pub mod blk;
 pub mod conformance;
 mod discover;
+pub mod guest;
 mod leftovers;
 pub mod net;
 mod peer;

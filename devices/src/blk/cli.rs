@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use vhost_io_std::backend::{Server, Stopper};
+use vhost_io_std::backend::{BusyPoll, Server, Stopper};
 
 use super::image::{EngineKind, Image};
 use super::{BlkDevice, BlkOptions};
@@ -85,6 +85,20 @@ pub struct Args {
     /// Start with the write cache off (every write durable before it completes).
     #[arg(long)]
     pub writethrough: bool,
+    /// Busy-poll the rings for the lowest latency: each queue's thread spins on its ring
+    /// with guest kicks suppressed, and sleeps until the next kick only after
+    /// --busy-poll-idle without work (it takes a core while the guest does I/O).
+    #[arg(long)]
+    pub busy_poll: bool,
+    /// With --busy-poll: microseconds of spinning without work before the thread sleeps
+    /// until a kick (0: sleep after the first empty round).
+    #[arg(
+        long,
+        value_name = "MICROS",
+        requires = "busy_poll",
+        default_value_t = 1000
+    )]
+    pub busy_poll_idle: u64,
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -183,6 +197,14 @@ fn run(args: &Args) -> Result<(), String> {
             Server::from_fd(owned, device).map_err(|e| e.to_string())?
         }
         (None, None) => return Err("one of --socket-path or --fd is needed".into()),
+    };
+    let server = if args.busy_poll {
+        log::info!("busy polling, {} us idle spin", args.busy_poll_idle);
+        server.with_busy_poll(
+            BusyPoll::new().with_idle_spin(std::time::Duration::from_micros(args.busy_poll_idle)),
+        )
+    } else {
+        server
     };
     spawn_signal_waiter(signals, server.stopper())?;
     server.serve().map_err(|e| e.to_string())?;
